@@ -1,0 +1,24 @@
+"""Fused detection operators, drop-in where ``torchvision.ops`` is used today.
+
+Every op takes a keyword-only ``backend=None``: ``None`` means ``$FCOS_FAST_BACKEND``
+if set, else the fastest backend available for the tensors' device.
+``available_backends(device)`` lists what this install can run.
+"""
+
+from fcos_fast.ops._dispatch import BACKEND_ENV_VAR, available_backends
+from fcos_fast.ops._validate import VALIDATE_ENV_VAR
+from fcos_fast.ops.fcos_assign import fcos_assign
+from fcos_fast.ops.giou_loss import giou_loss
+from fcos_fast.ops.nms import batched_nms, nms
+from fcos_fast.ops.per_class_topk import per_class_topk
+
+__all__ = [
+    "nms",
+    "batched_nms",
+    "giou_loss",
+    "fcos_assign",
+    "per_class_topk",
+    "available_backends",
+    "BACKEND_ENV_VAR",
+    "VALIDATE_ENV_VAR",
+]

@@ -1,0 +1,158 @@
+"""Backend registry and selection for the fcos_fast operators.
+
+Three backends implement every op:
+
+* ``reference`` — pure PyTorch (``fcos_fast/ops/reference/``), the readable spec.
+* ``native`` — the compiled extension ``fcos_fast._C``: C++ on CPU tensors, CUDA on CUDA
+  tensors (``torch.ops.fcos_fast.<op>``).
+* ``triton`` — Triton kernels (``fcos_fast.kernels``, ``torch.ops.fcos_fast.<op>_triton``):
+  on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
+
+Selection looks at metadata only (device type, what is built), so it is free under
+``torch.compile``. Each backend says why it cannot run a call; an automatically chosen
+backend falls through quietly to the next one, an explicitly requested one raises
+with those reasons.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from typing import Callable
+
+import torch
+
+from fcos_fast import _extension
+
+BACKEND_ENV_VAR = "FCOS_FAST_BACKEND"
+
+OP_NAMES = ("nms", "batched_nms", "giou_loss", "fcos_assign", "per_class_topk")
+
+# Preference order when no backend is asked for. The interpreted Triton backend is never
+# picked automatically on CPU: the interpreter is for testing, and it is slow.
+_AUTO_ORDER = {
+    "cuda": ("native", "triton", "reference"),
+    "cpu": ("native", "reference"),
+}
+
+
+class Backend:
+    """One implementation of every op. Subclasses say where they can run."""
+
+    name: str
+
+    def not_supported_reasons(self, op: str, device: torch.device) -> list[str]:
+        """Why this backend cannot run ``op`` on ``device`` (empty when it can)."""
+        raise NotImplementedError
+
+    def implementation(self, op: str) -> Callable:
+        raise NotImplementedError
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+
+    def not_supported_reasons(self, op, device):
+        return []
+
+    def implementation(self, op):
+        module = importlib.import_module(f"fcos_fast.ops.reference.{_module_of(op)}")
+        return getattr(module, op)
+
+
+class NativeBackend(Backend):
+    name = "native"
+
+    def not_supported_reasons(self, op, device):
+        if not _extension.NATIVE_AVAILABLE:
+            return [_extension.NATIVE_ERROR or "the extension fcos_fast._C is not built"]
+        if device.type not in ("cpu", "cuda"):
+            return [f"no native kernel for device type {device.type!r}"]
+        if not _extension.native_has_kernel(op, device.type):
+            return [
+                f"fcos_fast._C was built without {device.type.upper()} kernels for {op!r} "
+                "(rebuild with a CUDA toolkit and a CUDA build of torch)"
+            ]
+        return []
+
+    def implementation(self, op):
+        return getattr(torch.ops.fcos_fast, op)
+
+
+class TritonBackend(Backend):
+    name = "triton"
+
+    def not_supported_reasons(self, op, device):
+        reasons = []
+        if importlib.util.find_spec("triton") is None:
+            reasons.append("triton is not installed")
+        if device.type == "cpu":
+            if os.environ.get("TRITON_INTERPRET") != "1":
+                reasons.append(
+                    "Triton runs on CPU tensors only under the interpreter "
+                    "(set TRITON_INTERPRET=1 before triton is imported)"
+                )
+        elif device.type != "cuda":
+            reasons.append(f"Triton kernels need CUDA tensors, got device type {device.type!r}")
+        return reasons
+
+    def implementation(self, op):
+        module = importlib.import_module(f"fcos_fast.kernels.{_module_of(op)}")
+        return getattr(module, op)
+
+
+BACKENDS: dict[str, Backend] = {
+    backend.name: backend for backend in (ReferenceBackend(), NativeBackend(), TritonBackend())
+}
+
+
+def _module_of(op: str) -> str:
+    """The file an op lives in: batched_nms shares nms's file in every tree."""
+    return "nms" if op == "batched_nms" else op
+
+
+def _requested_backend(backend: str | None) -> str | None:
+    if backend is None:
+        backend = os.environ.get(BACKEND_ENV_VAR) or None
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(
+            f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)} "
+            f"(or leave backend=None and {BACKEND_ENV_VAR} unset for automatic selection)"
+        )
+    return backend
+
+
+def select(op: str, device: torch.device, backend: str | None = None) -> Callable:
+    """The implementation of ``op`` to run on ``device``.
+
+    ``backend=None`` takes ``$FCOS_FAST_BACKEND`` if set, else the first backend of the
+    automatic order that can run here. A backend named by either way must be able to
+    run, or a ``ValueError`` says why not.
+    """
+    requested = _requested_backend(backend)
+    if requested is not None:
+        reasons = BACKENDS[requested].not_supported_reasons(op, device)
+        if reasons:
+            raise ValueError(
+                f"backend {requested!r} cannot run fcos_fast.ops.{op} on {device.type}: "
+                + "; ".join(reasons)
+            )
+        return BACKENDS[requested].implementation(op)
+    for name in _AUTO_ORDER.get(device.type, ("reference",)):
+        if not BACKENDS[name].not_supported_reasons(op, device):
+            return BACKENDS[name].implementation(op)
+    return BACKENDS["reference"].implementation(op)
+
+
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    """The backends this install can run on ``device`` (default: CPU), for every op.
+
+    Example: ``ops.available_backends("cuda")`` -> ``["reference", "native", "triton"]``.
+    """
+    device = torch.device("cpu" if device is None else device)
+    return [
+        name
+        for name, backend in BACKENDS.items()
+        if all(not backend.not_supported_reasons(op, device) for op in OP_NAMES)
+    ]
