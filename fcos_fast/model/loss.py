@@ -1,0 +1,142 @@
+"""FCOS training targets and losses.
+
+``assign_targets`` gives every point the ground-truth box it is responsible for (through
+``ops.fcos_assign``, without autograd); ``fcos_losses`` turns head outputs and those
+assignments into the three named losses.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import sigmoid_focal_loss
+
+from fcos_fast import ops
+from fcos_fast.model.head import HeadOutputs
+from fcos_fast.model.points import Points, centerness_targets, decode_boxes
+
+
+class AssignedTargets(NamedTuple):
+    """The target of every point of a batch.
+
+    Attributes:
+        labels: ``[B, P]`` int64 class of the matched box, ``-1`` for background.
+        boxes: ``[B, P, 4]`` matched box ``(x1, y1, x2, y2)``; meaningless where
+            ``labels == -1``.
+    """
+
+    labels: Tensor
+    boxes: Tensor
+
+
+def pad_targets(targets: list[dict[str, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Stack per-image targets into padded tensors.
+
+    Args:
+        targets: per image ``{"boxes": [G_i, 4], "labels": [G_i]}``.
+
+    Returns:
+        ``(boxes [B, G, 4], labels [B, G] int64, num_gt [B] int64)`` with
+        ``G = max(1, max_i G_i)``; rows past ``num_gt[b]`` are zero. ``G`` is at least 1
+        so that gathering by a clamped match index is always valid, even for a batch
+        without any boxes.
+    """
+    num_gt = [len(target["boxes"]) for target in targets]
+    capacity = max([1] + num_gt)
+    first = targets[0]["boxes"]
+    boxes = first.new_zeros((len(targets), capacity, 4))
+    labels = torch.zeros((len(targets), capacity), dtype=torch.int64, device=first.device)
+    for index, target in enumerate(targets):
+        boxes[index, : num_gt[index]] = target["boxes"]
+        labels[index, : num_gt[index]] = target["labels"]
+    return boxes, labels, torch.tensor(num_gt, dtype=torch.int64, device=first.device)
+
+
+@torch.no_grad()
+def assign_targets(points: Points, targets: list[dict[str, Tensor]], *,
+                   center_sampling_radius: float, backend: str | None = None
+                   ) -> AssignedTargets:
+    """Match every point to the ground-truth box it must predict.
+
+    A point matches a box when it lies inside the box, within
+    ``center_sampling_radius * stride`` of the box center (center sampling), and the
+    box's largest side distance is in the point's level range (``Points.scale_ranges``);
+    among several matches the box of least area wins.
+
+    Args:
+        points: the batch's points, ``P`` of them.
+        targets: per image ``{"boxes": [G_i, 4] (x1, y1, x2, y2), "labels": [G_i]}`` in
+            the coordinates of ``points``.
+        center_sampling_radius: radius in strides.
+        backend: ``fcos_fast.ops`` backend, ``None`` for automatic.
+
+    Returns:
+        ``AssignedTargets`` of shapes ``[B, P]`` and ``[B, P, 4]``.
+    """
+    gt_boxes, gt_labels, num_gt = pad_targets(targets)
+    lower, upper = points.scale_ranges()
+    radius = points.stride * center_sampling_radius
+    matched = ops.fcos_assign(points.xy, lower, upper, radius, gt_boxes, num_gt,
+                              backend=backend)  # [B, P], -1 = no match
+    index = matched.clamp(min=0)
+    labels = gt_labels.gather(1, index).masked_fill(matched < 0, -1)
+    boxes = gt_boxes.gather(1, index[..., None].expand(-1, -1, 4))
+    return AssignedTargets(labels, boxes)
+
+
+def fcos_losses(outputs: HeadOutputs, points: Points, assigned: AssignedTargets, *,
+                centerness_weight: float = 1.0, focal_alpha: float = 0.25,
+                focal_gamma: float = 2.0, backend: str | None = None) -> dict[str, Tensor]:
+    """The FCOS losses, each a sum over the batch divided by its number of foreground points.
+
+    * ``cls_loss``: sigmoid focal loss over every point and class (background points
+      have all-zero targets).
+    * ``reg_loss``: GIoU loss between the decoded prediction and the matched box, over
+      foreground points (``ops.giou_loss``).
+    * ``ctr_loss``: ``centerness_weight`` times the binary cross-entropy between the
+      centerness logit and the centerness of the point in its box, over foreground points.
+
+    With ``centerness_weight=1`` these are torchvision's ``classification``,
+    ``bbox_regression`` and ``bbox_ctrness``. The losses are computed in float32 whatever
+    the head's dtype.
+
+    Args:
+        outputs: head outputs, ``[B, P, C]``, ``[B, P, 4]``, ``[B, P]``.
+        points: the ``P`` points.
+        assigned: the targets from ``assign_targets``.
+
+    Returns:
+        ``{"cls_loss", "reg_loss", "ctr_loss"}``, scalar tensors; the training loss is
+        their sum.
+    """
+    cls_logits = outputs.cls_logits.float()
+    foreground = assigned.labels >= 0  # [B, P]
+    # A tensor, not a Python number, so no device sync here; at least 1 so that a batch
+    # without boxes gives a finite (pure background) classification loss.
+    num_foreground = foreground.sum().clamp(min=1).to(cls_logits.dtype)
+
+    # One-hot class targets; scattering 0 for background points leaves them all-zero.
+    cls_targets = torch.zeros_like(cls_logits).scatter_(
+        2, assigned.labels.clamp(min=0)[..., None], foreground[..., None].to(cls_logits.dtype))
+    cls_loss = sigmoid_focal_loss(cls_logits, cls_targets, alpha=focal_alpha,
+                                  gamma=focal_gamma, reduction="sum")
+
+    batch_size = foreground.shape[0]
+    xy = points.xy.expand(batch_size, -1, -1)[foreground]  # [F, 2]
+    stride = points.stride.expand(batch_size, -1)[foreground]  # [F]
+    target_boxes = assigned.boxes[foreground].float()  # [F, 4]
+    pred_boxes = decode_boxes(xy, stride, outputs.box_regression[foreground].float())
+    reg_loss = ops.giou_loss(pred_boxes, target_boxes, reduction="sum", backend=backend)
+
+    ctr_loss = F.binary_cross_entropy_with_logits(
+        outputs.centerness[foreground].float(), centerness_targets(xy, target_boxes),
+        reduction="sum")
+
+    return {
+        "cls_loss": cls_loss / num_foreground,
+        "reg_loss": reg_loss / num_foreground,
+        "ctr_loss": centerness_weight * ctr_loss / num_foreground,
+    }

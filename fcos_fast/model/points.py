@@ -1,0 +1,116 @@
+"""The FCOS point grid and its box coding.
+
+FCOS predicts, for every location of every pyramid level, the distances ``(l, t, r, b)``
+from that location to the four sides of a box. This module makes those locations
+("points") and converts between distances and boxes. All coordinates are ``(x, y)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class Points(NamedTuple):
+    """The locations of all pyramid levels of one batch, concatenated level by level.
+
+    Attributes:
+        xy: ``[P, 2]`` point coordinates ``(x, y)`` in the (resized, padded) input image.
+        stride: ``[P]`` nominal stride of each point's level (8, 16, ..., 128): the unit of
+            the regression targets, of the scale ranges and of the center-sampling radius.
+        num_per_level: number of points of each level, ``sum(num_per_level) == P``.
+    """
+
+    xy: Tensor
+    stride: Tensor
+    num_per_level: list[int]
+
+    def scale_ranges(self) -> tuple[Tensor, Tensor]:
+        """``(lower, upper)``, each ``[P]``: the box sizes each level is responsible for.
+
+        A point matches a box only if ``lower < max(l, t, r, b) < upper``. Level ``i``
+        takes ``(4 * stride_i, 8 * stride_i)``, widened to 0 below on the first level and
+        to infinity above on the last, so every box size has a level (FCOS paper, 3.2;
+        the same bounds as torchvision's ``FCOS.compute_loss``).
+        """
+        lower = self.stride * 4
+        upper = self.stride * 8
+        lower[: self.num_per_level[0]] = 0
+        upper[-self.num_per_level[-1]:] = float("inf")
+        return lower, upper
+
+
+def make_points(feature_shapes: list[tuple[int, int]], image_shape: tuple[int, int],
+                strides: list[int], *, device: torch.device,
+                dtype: torch.dtype = torch.float32) -> Points:
+    """The points of every pyramid level, for a batch padded to ``image_shape``.
+
+    Point ``(i, j)`` of a level lies at ``(j * step_x, i * step_y)`` where the step is
+    ``image_shape // feature_shape`` per axis. This is exactly what torchvision's
+    ``AnchorGenerator`` produces for FCOS (anchor centers, no half-step offset), and the
+    step equals the nominal stride except on P6/P7 when the padded size is not a multiple
+    of 128 (the ceil of the stride-2 convolutions then makes the grid a little coarser).
+
+    Args:
+        feature_shapes: ``(H_l, W_l)`` of each level.
+        image_shape: ``(H, W)`` of the padded batch tensor fed to the backbone.
+        strides: nominal stride of each level, e.g. ``(8, 16, 32, 64, 128)``.
+
+    Returns:
+        ``Points`` with ``P = sum(H_l * W_l)`` points, row-major within a level (the
+        order of the head's flattened outputs).
+    """
+    if len(feature_shapes) != len(strides):
+        raise ValueError(
+            f"got {len(feature_shapes)} feature maps but {len(strides)} strides; "
+            "the backbone must return one feature map per stride"
+        )
+    image_h, image_w = image_shape
+    xy, stride = [], []
+    for (height, width), level_stride in zip(feature_shapes, strides):
+        step_y, step_x = image_h // height, image_w // width
+        ys = torch.arange(height, device=device, dtype=dtype) * step_y
+        xs = torch.arange(width, device=device, dtype=dtype) * step_x
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        xy.append(torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=1))
+        stride.append(torch.full((height * width,), float(level_stride), device=device,
+                                 dtype=dtype))
+    return Points(torch.cat(xy), torch.cat(stride), [h * w for h, w in feature_shapes])
+
+
+def decode_boxes(xy: Tensor, stride: Tensor, distances: Tensor) -> Tensor:
+    """Boxes from predicted distances.
+
+    Args:
+        xy: ``[..., 2]`` points ``(x, y)``.
+        stride: ``[...]`` stride of each point; the distances are in units of it.
+        distances: ``[..., 4]`` predicted ``(l, t, r, b)`` divided by the stride.
+
+    Returns:
+        ``[..., 4]`` boxes ``(x1, y1, x2, y2) = (x - l*s, y - t*s, x + r*s, y + b*s)``
+        (torchvision's ``BoxLinearCoder(normalize_by_size=True).decode``).
+    """
+    scaled = distances * stride[..., None]
+    x, y = xy.to(distances.dtype).unbind(-1)
+    return torch.stack((x - scaled[..., 0], y - scaled[..., 1],
+                        x + scaled[..., 2], y + scaled[..., 3]), dim=-1)
+
+
+def centerness_targets(xy: Tensor, boxes: Tensor) -> Tensor:
+    """The centerness of each point within its box (FCOS paper, eq. 3).
+
+    Args:
+        xy: ``[..., 2]`` points ``(x, y)`` inside their ``boxes``.
+        boxes: ``[..., 4]`` boxes ``(x1, y1, x2, y2)``.
+
+    Returns:
+        ``[...]`` ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))`` in ``[0, 1]``.
+    """
+    x, y = xy.unbind(-1)
+    left, right = x - boxes[..., 0], boxes[..., 2] - x
+    top, bottom = y - boxes[..., 1], boxes[..., 3] - y
+    horizontal = torch.minimum(left, right) / torch.maximum(left, right)
+    vertical = torch.minimum(top, bottom) / torch.maximum(top, bottom)
+    return torch.sqrt(horizontal * vertical)
