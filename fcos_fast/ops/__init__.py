@@ -5,12 +5,16 @@ if set, else the fastest backend available for the tensors' device.
 ``available_backends(device)`` lists what this install can run.
 """
 
+from fcos_fast.ops import _dispatch
 from fcos_fast.ops._dispatch import BACKEND_ENV_VAR, available_backends
 from fcos_fast.ops._validate import VALIDATE_ENV_VAR
 from fcos_fast.ops.fcos_assign import fcos_assign
 from fcos_fast.ops.giou_loss import giou_loss
 from fcos_fast.ops.nms import batched_nms, nms
 from fcos_fast.ops.per_class_topk import per_class_topk
+
+# Last: the Triton kernels import the fakes and autograd helpers defined above.
+_dispatch.load_implementations()
 
 __all__ = [
     "nms",

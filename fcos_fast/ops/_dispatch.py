@@ -53,12 +53,19 @@ class Backend:
 class ReferenceBackend(Backend):
     name = "reference"
 
+    def __init__(self):
+        self._ops = {}
+
+    def load(self):
+        for op in OP_NAMES:
+            module = importlib.import_module(f"fcos_fast.ops.reference.{_module_of(op)}")
+            self._ops[op] = getattr(module, op)
+
     def not_supported_reasons(self, op, device):
         return []
 
     def implementation(self, op):
-        module = importlib.import_module(f"fcos_fast.ops.reference.{_module_of(op)}")
-        return getattr(module, op)
+        return self._ops[op]
 
 
 class NativeBackend(Backend):
@@ -83,10 +90,29 @@ class NativeBackend(Backend):
 class TritonBackend(Backend):
     name = "triton"
 
+    def __init__(self):
+        self._ops = {}
+        self._load_error: str | None = "not loaded yet"
+
+    def load(self):
+        """Import the kernels now, not at first call: ``torch.compile`` cannot trace an
+        import, and the Triton interpreter switch is read when kernels are defined."""
+        if importlib.util.find_spec("triton") is None:
+            self._load_error = "triton is not installed"
+            return
+        try:
+            for op in OP_NAMES:
+                module = importlib.import_module(f"fcos_fast.kernels.{_module_of(op)}")
+                self._ops[op] = getattr(module, op)
+            self._load_error = None
+        except Exception as error:  # a broken triton install must not break the package
+            self._ops.clear()
+            self._load_error = f"the Triton kernels could not be loaded ({error!r})"
+
     def not_supported_reasons(self, op, device):
         reasons = []
-        if importlib.util.find_spec("triton") is None:
-            reasons.append("triton is not installed")
+        if self._load_error is not None:
+            reasons.append(self._load_error)
         if device.type == "cpu":
             if os.environ.get("TRITON_INTERPRET") != "1":
                 reasons.append(
@@ -98,13 +124,18 @@ class TritonBackend(Backend):
         return reasons
 
     def implementation(self, op):
-        module = importlib.import_module(f"fcos_fast.kernels.{_module_of(op)}")
-        return getattr(module, op)
+        return self._ops[op]
 
 
 BACKENDS: dict[str, Backend] = {
     backend.name: backend for backend in (ReferenceBackend(), NativeBackend(), TritonBackend())
 }
+
+
+def load_implementations() -> None:
+    """Resolve every backend's functions once, after the op modules are imported."""
+    BACKENDS["reference"].load()
+    BACKENDS["triton"].load()
 
 
 def _module_of(op: str) -> str:

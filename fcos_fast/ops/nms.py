@@ -13,12 +13,18 @@ from fcos_fast import _extension
 from fcos_fast.ops import _dispatch, _validate
 
 
-def _check_boxes_scores(boxes, scores) -> None:
+def _check_boxes_scores(boxes, scores, iou_threshold, **more) -> torch.device:
+    """Shared checks of (batched_)nms; ``more`` are extra per-box tensors (idxs)."""
     _validate.tensor("boxes", boxes, dims=2, last=4, floating=True)
     _validate.tensor("scores", scores, dims=1, floating=True)
-    _validate.same_length(boxes=boxes, scores=scores)
+    for name, value in more.items():
+        _validate.tensor(name, value, dims=1, integer=True)
+    _validate.same_length(boxes=boxes, scores=scores, **more)
+    _validate.number("iou_threshold", iou_threshold)
+    device = _validate.same_device(boxes=boxes, scores=scores, **more)
     _validate.finite("boxes", boxes)
     _validate.not_nan("scores", scores)
+    return device
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, *,
@@ -45,9 +51,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, *,
             if all(iou[i, j] <= iou_threshold for j in keep): keep.append(i)
         return order[keep]
     """
-    _check_boxes_scores(boxes, scores)
-    _validate.number("iou_threshold", iou_threshold)
-    device = _validate.same_device(boxes=boxes, scores=scores)
+    device = _check_boxes_scores(boxes, scores, iou_threshold)
     dtype = _validate.compute_dtype(boxes, scores)
     implementation = _dispatch.select("nms", device, backend)
     return implementation(boxes.to(dtype).contiguous(), scores.to(dtype).contiguous(),
@@ -75,11 +79,7 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
                           for c in idxs.unique()])
         return keep[scores[keep].argsort(descending=True, stable=True)]   # ties by index
     """
-    _check_boxes_scores(boxes, scores)
-    _validate.tensor("idxs", idxs, dims=1, integer=True)
-    _validate.same_length(boxes=boxes, idxs=idxs)
-    _validate.number("iou_threshold", iou_threshold)
-    device = _validate.same_device(boxes=boxes, scores=scores, idxs=idxs)
+    device = _check_boxes_scores(boxes, scores, iou_threshold, idxs=idxs)
     dtype = _validate.compute_dtype(boxes, scores)
     implementation = _dispatch.select("batched_nms", device, backend)
     return implementation(boxes.to(dtype).contiguous(), scores.to(dtype).contiguous(),

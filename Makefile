@@ -1,0 +1,46 @@
+# Every target sets itself up from nothing: a venv in .venv, the pinned torch stack,
+# the package installed editable, and the extension fcos_fast._C (re)built when csrc/
+# changes.
+SHELL := /bin/bash
+PYTHON_SYSTEM ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+EXTENSION := $(VENV)/.extension-built
+CSRC := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
+export MAX_JOBS ?= 2
+
+.PHONY: demo test test-fast bench gpu-check clean
+
+$(VENV)/bin/python:
+	$(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(INSTALLED): requirements.txt requirements-dev.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+# The editable install builds fcos_fast._C in place; rebuilt whenever a C++/CUDA source
+# changes.
+$(EXTENSION): $(INSTALLED) setup.py $(CSRC)
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $@
+
+demo: $(EXTENSION)
+	$(PY) -m fcos_fast.train --out runs/demo
+	$(PY) -m fcos_fast.infer --checkpoint runs/demo/checkpoint.pt --split val --num-images 8 --out runs/demo/pictures
+
+test: $(EXTENSION)
+	$(PY) -m pytest -q
+
+test-fast: $(EXTENSION)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(EXTENSION)
+	$(PY) -m benchmarks.run
+
+gpu-check:
+	bash scripts/gpu_check.sh benchmarks/results
+
+clean:
+	rm -rf build *.egg-info fcos_fast/_C*.so $(EXTENSION)

@@ -1,0 +1,1 @@
+"""Benchmark suites (pytest-benchmark) and the report writer of fcos_fast."""
