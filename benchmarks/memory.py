@@ -4,11 +4,16 @@ CUDA: the caching allocator's peak statistics. CPU: the process's resident-set
 high-water mark (VmHWM), reset through /proc/self/clear_refs before the call. Large
 tensors are mmap-ed by the allocator and returned on free, so the high-water mark
 minus the resident size before the call is the call's peak extra footprint (to a page
-or so of noise from everything else the process does).
+or so of noise from everything else the process does). glibc would otherwise raise its
+mmap threshold after the first large free and serve later tensors from an already
+resident heap, hiding them, so the threshold is pinned low first.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import gc
 from typing import Callable
 
@@ -23,7 +28,20 @@ def _read_status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+@functools.cache
+def _pin_mmap_threshold() -> None:
+    """Serve every allocation of 64 KiB or more by mmap, returned to the OS on free."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    libc = ctypes.CDLL(libc_name)
+    if hasattr(libc, "mallopt"):
+        m_mmap_threshold = -3
+        libc.mallopt(m_mmap_threshold, 64 * 1024)
+
+
 def cpu_peak_supported() -> bool:
+    _pin_mmap_threshold()
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
@@ -46,6 +64,7 @@ def peak_extra_bytes(fn: Callable[[], object], device: str | torch.device = "cpu
         peak = torch.cuda.max_memory_allocated(device)
         del result
         return max(peak - before, 0)
+    _pin_mmap_threshold()
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # reset VmHWM to the current resident size
     before = _read_status_kib("VmRSS")

@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
-import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.baselines import torchvision_fcos_matching as torchvision_matching
 from benchmarks.memory import cpu_peak_supported, peak_extra_bytes
 from fcos_fast import ops
 from tests.ops._cases import backend_matrix, fcos_points, interpreted, padded_gt, random_boxes
 
 BACKENDS = backend_matrix()
-
-
-def torchvision_matching(points, strides, counts, boxes_per_image, radius_factor=1.5):
-    """Run torchvision's own ``FCOS.compute_loss`` matching and capture ``matched_idxs``.
-
-    torchvision's anchors are boxes of side ``stride`` centred on the points.
-    """
-    half = strides[:, None] / 2
-    anchors = torch.cat([points - half, points + half], dim=1)
-    captured = {}
-
-    def capture(targets, head_outputs, anchors, matched_idxs):
-        captured["matched"] = matched_idxs
-        return {}
-
-    fake_self = SimpleNamespace(center_sampling_radius=radius_factor,
-                                head=SimpleNamespace(compute_loss=capture))
-    targets = [{"boxes": b, "labels": torch.zeros(b.shape[0], dtype=torch.int64)}
-               for b in boxes_per_image]
-    torchvision.models.detection.FCOS.compute_loss(
-        fake_self, targets, {}, [anchors] * len(boxes_per_image), counts)
-    return torch.stack(captured["matched"])
 
 
 def _images(seed: int, num_images: int, max_boxes: int, image_size, dtype=torch.float32):
