@@ -78,9 +78,14 @@ def same_length(dim: int = 0, **tensors: torch.Tensor) -> int:
     return size
 
 
+def has_values(value: torch.Tensor) -> bool:
+    """Whether to look at the values: checks on, something there, not a meta/fake tensor."""
+    return values_checked() and value.numel() > 0 and not value.is_meta
+
+
 def finite(name: str, value: torch.Tensor) -> None:
     """Reject NaN/inf coordinates (skipped when value checks are off)."""
-    if values_checked() and value.numel() and not bool(torch.isfinite(value).all()):
+    if has_values(value) and not bool(torch.isfinite(value).all()):
         raise ValueError(
             f"{name} contains NaN or infinite values; boxes and points must be finite "
             f"(set {VALIDATE_ENV_VAR}=0 to skip this check in trusted hot loops)"
@@ -89,7 +94,7 @@ def finite(name: str, value: torch.Tensor) -> None:
 
 def not_nan(name: str, value: torch.Tensor) -> None:
     """Reject NaN (infinities allowed, e.g. an unbounded scale range)."""
-    if values_checked() and value.numel() and bool(torch.isnan(value).any()):
+    if has_values(value) and bool(torch.isnan(value).any()):
         raise ValueError(f"{name} contains NaN values")
 
 

@@ -62,7 +62,7 @@ def fcos_assign(points: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     _validate.not_nan("lower", lower)
     _validate.not_nan("upper", upper)
     _validate.not_nan("radius", radius)
-    if _validate.values_checked() and num_gt.numel():
+    if _validate.has_values(num_gt):
         low, high = int(num_gt.min()), int(num_gt.max())
         if low < 0 or high > gt_boxes.shape[1]:
             raise ValueError(
