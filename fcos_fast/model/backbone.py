@@ -65,7 +65,11 @@ def resnet_fpn_backbone(name: str = "resnet50", *, weights_path: str | os.PathLi
     if pretrained:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
         state = {key: value for key, value in state.items() if not key.startswith("fc.")}
-        missing, unexpected = resnet.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = resnet.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # same names, other shapes
+            raise ValueError(f"{weights_path} is not a torchvision {name} state_dict: "
+                             f"{error}") from error
         missing = [key for key in missing if not key.startswith("fc.")]
         if missing or unexpected:
             raise ValueError(
