@@ -1,0 +1,108 @@
+"""What the Triton kernels of fcos_fast share: exact float arithmetic and op registration.
+
+Exactness. The backends must agree with the reference bit for bit where a comparison
+decides the answer (an IoU against the NMS threshold, a match area against the best so
+far), so the kernels round like PyTorch's elementwise kernels do:
+
+* ``a / b`` on float32 in Triton is an approximate division (``div.full.f32``) on
+  NVIDIA GPUs; ``div_rn`` below is the IEEE-rounded one that PyTorch computes.
+* ``a * b + c`` may be contracted into one fused multiply-add, which rounds once
+  instead of twice; ``mul_rn`` below is a product that is never fused (libdevice's
+  ``__nv_fmul_rn`` / ``__nv_dmul_rn``). The interpreter computes with NumPy, which never
+  fuses, and has no libdevice, so there it is a plain product.
+
+Scalars. A float argument reaches a compiled kernel as float32 but stays a Python float
+(float64) in the interpreter, and PyTorch compares a float32 tensor with a Python float
+threshold in float32 but a float64 tensor in float64. The launchers therefore hand
+float scalars (thresholds, eps) to the kernels as a one-element tensor of the computing
+dtype (``scalar_tensor``): one rounding rule, the same on every device, and still no
+host-device synchronisation (a fill kernel, not a copy).
+
+Registration. Every op is a ``torch.library.triton_op`` whose fake implementation is
+the one shared by all backends (``fcos_fast.ops.<op>``); ``register`` installs it.
+
+Memory safety. No address depends on a value read from an input: NaN, inf or garbage
+coordinates give garbage answers, never an out-of-bounds access or an endless loop.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+# Fixed when this module is imported, exactly as @triton.jit decides between compiling
+# and interpreting a kernel.
+INTERPRET = triton.knobs.runtime.interpret
+_INTERPRET = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def mul_rn(a, b):
+    """``a * b`` rounded to nearest and never fused into an FMA with a following add."""
+    if _INTERPRET:
+        return a * b
+    else:
+        return libdevice.mul_rn(a, b)
+
+
+@triton.jit
+def div_rn(a, b):
+    """``a / b`` rounded to nearest (float64 division already is; ``tl.math.div_rn`` only
+    takes float32)."""
+    if a.dtype == tl.float64:
+        return a / b
+    else:
+        return tl.math.div_rn(a, b)
+
+
+@triton.jit
+def load_boxes(ptr, rows, mask):
+    """Columns ``x1, y1, x2, y2`` of the given rows of a contiguous ``[N, 4]`` tensor,
+    loaded as one ``[BLOCK, 4]`` tile (16- or 32-byte rows) and split in registers."""
+    tile = tl.load(ptr + 4 * rows[:, None] + tl.arange(0, 4)[None, :], mask=mask[:, None],
+                   other=0.0)
+    xs, ys = tl.split(tl.reshape(tile, [tile.shape[0], 2, 2]))  # (x1, x2), (y1, y2)
+    x1, x2 = tl.split(xs)
+    y1, y2 = tl.split(ys)
+    return x1, y1, x2, y2
+
+
+def scalar_tensor(value: float, like: torch.Tensor) -> torch.Tensor:
+    """``value`` as a one-element tensor of ``like``'s dtype and device (see above)."""
+    return torch.full((1,), value, dtype=like.dtype, device=like.device)
+
+
+def next_power_of_2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def _keep_opaque(mode, op, types, args, kwargs):
+    """Under FunctionalTensorMode, run the op as a whole instead of decomposing it."""
+    return mode.__torch_dispatch__(op, types, args, kwargs)
+
+
+def register(op, fake: Callable) -> None:
+    """Give the triton_op ``op`` the fake implementation shared by every backend.
+
+    ``triton_op`` registers the launcher itself as the fake, which works when the
+    launcher is traceable and its output sizes follow from the input sizes. The shared
+    fake is used instead because (1) NMS and per-class top-k have data-dependent output
+    sizes, which only ``get_ctx().new_dynamic_size()`` can express, and (2) under
+    ``TRITON_INTERPRET=1`` ``wrap_triton`` hands back the interpreted kernel itself,
+    which cannot run on fake tensors.
+
+    For the same reason (2), the interpreter keeps the op opaque under
+    ``torch.compile`` (AOTAutograd would otherwise trace into the launcher and run the
+    interpreted kernels on fake tensors): Inductor then calls the op as an extern kernel,
+    which is how the compile tests run on machines without a GPU. With a GPU, the op is
+    decomposed as ``triton_op`` intends and Inductor sees the kernels.
+    """
+    op.register_fake(fake)
+    if INTERPRET:
+        from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+        op.register_torch_dispatch(FunctionalTensorMode, _keep_opaque)

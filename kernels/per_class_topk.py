@@ -1,0 +1,186 @@
+"""Per-class threshold and top-k in Triton: ``fcos_fast::per_class_topk_triton``.
+
+One program per class streams that class's column of scores in chunks of ``BLOCK``
+points and keeps the best ``BLOCK >= k`` candidates so far, sorted, in registers:
+
+* every (score, point) pair becomes a key pair ordered by score descending, then point
+  index ascending, the order of the output (non-candidates, ``score <= thresh`` or NaN,
+  get a sentinel that sorts last);
+* a chunk that has a candidate better than the worst one kept is sorted (a bitonic
+  network) and merged: the best ``BLOCK`` of two sorted lists is the element-wise better
+  of one list and the other reversed, which is a bitonic sequence, so one bitonic merge
+  sorts it. Chunks with nothing better (most of them, once the top-k is full or when few
+  scores pass the threshold) cost one load and one comparison.
+
+The first ``min(k, N)`` kept pairs of each class are written to a ``[C, min(k, N)]``
+table, ``-1`` where there was no candidate; the launcher compacts the table, which is
+the one host-device synchronisation (the output size depends on the data).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fcos_fast.kernels._common import next_power_of_2, register, scalar_tensor
+from fcos_fast.ops.per_class_topk import per_class_topk_fake
+
+__all__ = ["per_class_topk"]
+
+
+@triton.jit
+def _sortable_key(score):
+    """An integer with the order of ``score`` (``-0.0`` equal to ``0.0``, as torch.sort).
+
+    Flipping the magnitude bits of negative floats makes the two's-complement order of
+    the bit patterns the numeric order.
+    """
+    score = tl.where(score == 0, 0.0, score)
+    if score.dtype == tl.float64:
+        bits = score.to(tl.int64, bitcast=True)
+        return bits ^ ((bits >> 63) & 0x7FFFFFFFFFFFFFFF)
+    else:
+        bits = score.to(tl.int32, bitcast=True)
+        return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _indicator(N_DIMS: tl.constexpr, dim: tl.constexpr):
+    """0/1 along hypercube dimension ``dim`` (counted from the innermost)."""
+    return tl.reshape(tl.arange(0, 2), [1] * (N_DIMS - dim - 1) + [2] + [1] * dim)
+
+
+@triton.jit
+def _better(key_a, idx_a, key_b, idx_b):
+    """Whether (key_a, idx_a) comes first: higher key, or equal key and lower index."""
+    return (key_a > key_b) | ((key_a == key_b) & (idx_a < idx_b))
+
+
+@triton.jit
+def _compare_and_swap(key, idx, flip, dim: tl.constexpr, N_DIMS: tl.constexpr):
+    """One step of a bitonic network on ``[2] * N_DIMS`` hypercubes of (key, index).
+
+    The partner of each element along ``dim`` is ``sum(pair) - x`` (exact: integer
+    arithmetic wraps), the trick of ``tl.sort`` extended to carry the index with the key.
+    ``tl.sort`` uses ``xor_sum``, equally fast on a GPU, but the interpreter runs
+    ``xor_sum`` element by element in Python and ``sum`` as one NumPy call.
+    """
+    key_p = tl.sum(key, N_DIMS - 1 - dim, keep_dims=True) - key
+    idx_p = tl.sum(idx, N_DIMS - 1 - dim, keep_dims=True) - idx
+    swap = _better(key, idx, key_p, idx_p) != (flip ^ _indicator(N_DIMS, dim))
+    return tl.where(swap, key_p, key), tl.where(swap, idx_p, idx)
+
+
+@triton.jit
+def _bitonic_merge(key, idx, stage: tl.constexpr, order: tl.constexpr, N_DIMS: tl.constexpr):
+    """Sort bitonic runs of ``2**stage``: ``order`` 0 best-last, 1 best-first, 2 alternating."""
+    if order == 2:
+        flip = _indicator(N_DIMS, stage)
+    else:
+        flip = order
+    for i in tl.static_range(stage):
+        key, idx = _compare_and_swap(key, idx, flip, stage - 1 - i, N_DIMS)
+    return key, idx
+
+
+@triton.jit
+def _per_class_topk_kernel(scores_ptr, threshold_ptr, out_idx_ptr, out_scores_ptr,
+                           num_points, num_classes, k_out,
+                           BLOCK: tl.constexpr, LOG_BLOCK: tl.constexpr):
+    cls = tl.program_id(0)
+    threshold = tl.load(threshold_ptr)
+    pos = tl.arange(0, BLOCK)
+    # The sentinel, the smallest key (INT_MIN of the key's width) with the largest
+    # index, sorts after every candidate: a candidate's key is at least that of -inf.
+    key_dtype: tl.constexpr = _sortable_key(tl.zeros([1], scores_ptr.dtype.element_ty)).dtype
+    no_key = tl.full([BLOCK], 1, key_dtype) << (key_dtype.primitive_bitwidth - 1)
+    no_idx = tl.full([BLOCK], 2147483647, tl.int32)
+    best_key = tl.reshape(no_key, [2] * LOG_BLOCK)
+    best_idx = tl.reshape(no_idx, [2] * LOG_BLOCK)
+    worst_kept = tl.min(no_key)
+
+    for start in range(0, num_points, BLOCK):
+        point = start + pos
+        ok = point < num_points
+        score = tl.load(scores_ptr + point.to(tl.int64) * num_classes + cls, mask=ok, other=0.0)
+        is_candidate = ok & (score > threshold)
+        key = tl.where(is_candidate, _sortable_key(score), no_key)
+        # Later chunks hold higher indices: on an equal key the kept pair wins, so only a
+        # strictly higher key can enter.
+        if tl.max(key) > worst_kept:
+            chunk_key = tl.reshape(key, [2] * LOG_BLOCK)
+            chunk_idx = tl.reshape(tl.where(is_candidate, point, no_idx), [2] * LOG_BLOCK)
+            # Sort the chunk worst-first (the last stage ascending)...
+            for stage in tl.static_range(1, LOG_BLOCK + 1):
+                chunk_key, chunk_idx = _bitonic_merge(
+                    chunk_key, chunk_idx, stage, 2 if stage < LOG_BLOCK else 0, LOG_BLOCK)
+            # ...so that position by position against the best-first kept list, the
+            # better of each pair is the best BLOCK of both, as a bitonic sequence.
+            take_kept = _better(best_key, best_idx, chunk_key, chunk_idx)
+            best_key = tl.where(take_kept, best_key, chunk_key)
+            best_idx = tl.where(take_kept, best_idx, chunk_idx)
+            best_key, best_idx = _bitonic_merge(best_key, best_idx, LOG_BLOCK, 1, LOG_BLOCK)
+            worst_kept = tl.min(best_key)
+
+    key = tl.reshape(best_key, [BLOCK])
+    idx = tl.reshape(best_idx, [BLOCK])
+    found = key != no_key
+    out = cls.to(tl.int64) * k_out + pos
+    store = pos < k_out
+    score = tl.load(scores_ptr + idx.to(tl.int64) * num_classes + cls, mask=store & found,
+                    other=0.0)
+    tl.store(out_idx_ptr + out, tl.where(found, idx.to(tl.int64), -1), mask=store)
+    tl.store(out_scores_ptr + out, score, mask=store)
+
+
+# Launch configuration. The running top list needs BLOCK >= min(k, N) (FCOS keeps
+# k = 1000 candidates per class: BLOCK 1024, ~12 KB of keys and indices per program).
+# Below that, chunks of 256 keep the bitonic sort short while a 20k-point column still
+# takes only ~80 steps. The network's cross-lane exchanges favour few warps: 4 warps up
+# to 1024 elements (8 pairs per thread, ~120 registers for sm_90 by ptxas -v), 8 beyond
+# (~230 registers at 4096, no spills). Beyond 4096 the register-resident list
+# would spill, so larger k takes the sort-based path (still one sort for all classes).
+_MIN_BLOCK = 256
+_MAX_BLOCK = 4096
+
+
+def _sort_based(scores: torch.Tensor, k_out: int, threshold: float):
+    """Every class at once by one stable sort (the reference algorithm), for huge k."""
+    candidates = torch.where(scores > threshold, scores, torch.full_like(scores, float("-inf")))
+    top, point_idx = torch.sort(candidates.t(), dim=1, descending=True, stable=True)
+    keep = top[:, :k_out] > threshold
+    classes = torch.arange(scores.shape[1], device=scores.device)[:, None].expand(-1, k_out)
+    return top[:, :k_out][keep], point_idx[:, :k_out][keep], classes[keep]
+
+
+@torch.library.triton_op("fcos_fast::per_class_topk_triton", mutates_args=())
+def _per_class_topk_triton(scores: torch.Tensor, k: int, score_thresh: float
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    num_points, num_classes = scores.shape
+    k_out = min(k, num_points)
+    if k_out == 0 or num_classes == 0:
+        empty = torch.empty((0,), dtype=torch.int64, device=scores.device)
+        return scores.new_empty((0,)), empty, empty.clone()
+    block = max(next_power_of_2(k_out), min(_MIN_BLOCK, next_power_of_2(num_points)), 2)
+    if block > _MAX_BLOCK:
+        return _sort_based(scores, k_out, score_thresh)
+    out_idx = torch.empty((num_classes, k_out), dtype=torch.int64, device=scores.device)
+    out_scores = scores.new_empty((num_classes, k_out))
+    torch.library.wrap_triton(_per_class_topk_kernel)[(num_classes,)](
+        scores, scalar_tensor(score_thresh, scores), out_idx, out_scores, num_points,
+        num_classes, k_out, BLOCK=block, LOG_BLOCK=block.bit_length() - 1,
+        num_warps=4 if block <= 1024 else 8)
+    # Class-major, best first: the order of the table. The one sync sizes the output.
+    found = torch.nonzero(out_idx.flatten() >= 0).flatten()
+    return (out_scores.flatten()[found], out_idx.flatten()[found],
+            torch.div(found, k_out, rounding_mode="floor"))
+
+
+register(_per_class_topk_triton, per_class_topk_fake)
+
+
+def per_class_topk(scores: torch.Tensor, k: int, score_thresh: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``triton`` backend of ``fcos_fast.ops.per_class_topk`` (validated inputs)."""
+    return torch.ops.fcos_fast.per_class_topk_triton(scores, k, score_thresh)
