@@ -39,6 +39,11 @@ from triton.language.extra import libdevice
 INTERPRET = triton.knobs.runtime.interpret
 _INTERPRET = tl.constexpr(INTERPRET)
 
+# torch.minimum/maximum/clamp propagate NaN; tl.minimum/maximum by default return the
+# other operand (fmin/fmax). Every min/max of coordinates passes this, so that a NaN
+# coordinate gives the reference's answer (matches nothing, suppresses nothing).
+NAN = tl.constexpr(tl.PropagateNan.ALL)
+
 
 @triton.jit
 def mul_rn(a, b):

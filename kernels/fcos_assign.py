@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from fcos_fast.ops.fcos_assign import fcos_assign_fake
-from fcos_fast.kernels._common import load_boxes, next_power_of_2, register
+from fcos_fast.kernels._common import NAN, load_boxes, next_power_of_2, register
 
 __all__ = ["fcos_assign"]
 
@@ -56,9 +56,10 @@ def _fcos_assign_kernel(
         top = y - y1
         right = x2 - x
         bottom = y2 - y
-        nearest_side = tl.minimum(tl.minimum(left, top), tl.minimum(right, bottom))
-        farthest_side = tl.maximum(tl.maximum(left, top), tl.maximum(right, bottom))
-        near_center = tl.maximum(tl.abs(x - center_x), tl.abs(y - center_y)) < radius
+        nearest_side = tl.minimum(tl.minimum(left, top, NAN), tl.minimum(right, bottom, NAN), NAN)
+        farthest_side = tl.maximum(tl.maximum(left, top, NAN), tl.maximum(right, bottom, NAN),
+                                   NAN)
+        near_center = tl.maximum(tl.abs(x - center_x), tl.abs(y - center_y), NAN) < radius
         area = (x2 - x1) * (y2 - y1)
         is_match = (near_center & (nearest_side > 0) & (farthest_side > lower)
                     & (farthest_side < upper) & g_ok[None, :])

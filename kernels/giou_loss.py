@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fcos_fast.kernels._common import (div_rn, load_boxes, mul_rn, next_power_of_2, register,
-                                       scalar_tensor)
+from fcos_fast.kernels._common import (NAN, div_rn, load_boxes, mul_rn, next_power_of_2,
+                                       register, scalar_tensor)
 from fcos_fast.ops.giou_loss import (giou_loss_backward_fake, giou_loss_fake,
                                      register_giou_autograd)
 
@@ -26,7 +26,6 @@ __all__ = ["giou_loss"]
 _NONE, _MEAN, _SUM = 0, 1, 2
 _REDUCTION_CODES = {"none": _NONE, "mean": _MEAN, "sum": _SUM}
 
-_NAN = tl.constexpr(tl.PropagateNan.ALL)  # torch.minimum/maximum propagate NaN; so do these.
 
 
 @triton.jit
@@ -41,13 +40,13 @@ def _store_boxes(ptr, rows, mask, x1, y1, x2, y2):
 def _giou_parts(x1, y1, x2, y2, x1g, y1g, x2g, y2g):
     """Intersection, union and enclosing area, with the pieces the backward needs, in
     torchvision's arithmetic operation for operation (see _common: mul_rn, div_rn)."""
-    inter_w = tl.minimum(x2, x2g, _NAN) - tl.maximum(x1, x1g, _NAN)
-    inter_h = tl.minimum(y2, y2g, _NAN) - tl.maximum(y1, y1g, _NAN)
+    inter_w = tl.minimum(x2, x2g, NAN) - tl.maximum(x1, x1g, NAN)
+    inter_h = tl.minimum(y2, y2g, NAN) - tl.maximum(y1, y1g, NAN)
     overlaps = (inter_w > 0) & (inter_h > 0)
     inter = tl.where(overlaps, mul_rn(inter_w, inter_h), 0.0)
     union = mul_rn(x2 - x1, y2 - y1) + mul_rn(x2g - x1g, y2g - y1g) - inter
-    enclose_w = tl.maximum(x2, x2g, _NAN) - tl.minimum(x1, x1g, _NAN)
-    enclose_h = tl.maximum(y2, y2g, _NAN) - tl.minimum(y1, y1g, _NAN)
+    enclose_w = tl.maximum(x2, x2g, NAN) - tl.minimum(x1, x1g, NAN)
+    enclose_h = tl.maximum(y2, y2g, NAN) - tl.minimum(y1, y1g, NAN)
     enclose = mul_rn(enclose_w, enclose_h)
     return inter, union, enclose, inter_w, inter_h, overlaps, enclose_w, enclose_h
 

@@ -25,14 +25,13 @@ import torch
 import triton
 import triton.language as tl
 
-from fcos_fast.kernels._common import (div_rn, load_boxes, mul_rn, next_power_of_2, register,
-                                       scalar_tensor)
+from fcos_fast.kernels._common import (NAN, div_rn, load_boxes, mul_rn, next_power_of_2,
+                                       register, scalar_tensor)
 from fcos_fast.ops.nms import batched_nms_fake, nms_fake
 
 __all__ = ["nms", "batched_nms"]
 
 _WORD = 64  # boxes per mask word (int64)
-_NAN = tl.constexpr(tl.PropagateNan.ALL)  # as torch.maximum/minimum/clamp: a NaN coordinate stays NaN
 
 
 @triton.jit
@@ -53,10 +52,10 @@ def _nms_mask_kernel(boxes_ptr, categories_ptr, threshold_ptr, mask_ptr, num_box
     row_area = mul_rn(rx2 - rx1, ry2 - ry1)
     col_area = mul_rn(cx2 - cx1, cy2 - cy1)
 
-    width = tl.maximum(tl.minimum(rx2[:, None], cx2[None, :], _NAN)
-                       - tl.maximum(rx1[:, None], cx1[None, :], _NAN), 0.0, _NAN)
-    height = tl.maximum(tl.minimum(ry2[:, None], cy2[None, :], _NAN)
-                        - tl.maximum(ry1[:, None], cy1[None, :], _NAN), 0.0, _NAN)
+    width = tl.maximum(tl.minimum(rx2[:, None], cx2[None, :], NAN)
+                       - tl.maximum(rx1[:, None], cx1[None, :], NAN), 0.0, NAN)
+    height = tl.maximum(tl.minimum(ry2[:, None], cy2[None, :], NAN)
+                        - tl.maximum(ry1[:, None], cy1[None, :], NAN), 0.0, NAN)
     inter = mul_rn(width, height)
     iou = div_rn(inter, row_area[:, None] + col_area[None, :] - inter)
 
@@ -116,11 +115,15 @@ def _sweep_warps(num_words: int) -> int:
     return min(8, max(1, num_words // 128))
 
 
-def _nms(boxes: torch.Tensor, scores: torch.Tensor, categories: torch.Tensor | None,
-         iou_threshold: float) -> torch.Tensor:
+def nms_keep_mask(boxes: torch.Tensor, scores: torch.Tensor, categories: torch.Tensor | None,
+                  iou_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(order, keep)``: the boxes by decreasing score and whether each is kept.
+
+    Everything but the final compaction, with no host-device synchronisation (a
+    fixed-size result, e.g. for CUDA-graph capture): ``nms`` is ``order[keep]``.
+    ``boxes`` must be non-empty.
+    """
     num_boxes = boxes.shape[0]
-    if num_boxes == 0:
-        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
     sorted_boxes = boxes.index_select(0, order)
     batched = categories is not None
@@ -137,7 +140,15 @@ def _nms(boxes: torch.Tensor, scores: torch.Tensor, categories: torch.Tensor | N
     torch.library.wrap_triton(_nms_sweep_kernel)[(1,)](
         mask, keep, num_boxes, num_words, WORDS=next_power_of_2(num_words), WORD=_WORD,
         num_warps=_sweep_warps(num_words))
-    return order[keep]
+    return order, keep
+
+
+def _nms(boxes: torch.Tensor, scores: torch.Tensor, categories: torch.Tensor | None,
+         iou_threshold: float) -> torch.Tensor:
+    if boxes.shape[0] == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    order, keep = nms_keep_mask(boxes, scores, categories, iou_threshold)
+    return order[keep]  # the one synchronisation: the number of kept boxes
 
 
 @torch.library.triton_op("fcos_fast::nms_triton", mutates_args=())

@@ -139,19 +139,35 @@ def _per_class_topk_kernel(scores_ptr, threshold_ptr, out_idx_ptr, out_scores_pt
 # Below that, chunks of 256 keep the bitonic sort short while a 20k-point column still
 # takes only ~80 steps. The network's cross-lane exchanges favour few warps: 4 warps up
 # to 1024 elements (8 pairs per thread, ~120 registers for sm_90 by ptxas -v), 8 beyond
-# (~230 registers at 4096, no spills). Beyond 4096 the register-resident list
-# would spill, so larger k takes the sort-based path (still one sort for all classes).
+# (~230 registers at 4096, no spills). Beyond 4096 the register-resident list would
+# spill, so a larger k takes the reference's algorithm, one sort of all classes at once.
 _MIN_BLOCK = 256
 _MAX_BLOCK = 4096
 
 
-def _sort_based(scores: torch.Tensor, k_out: int, threshold: float):
-    """Every class at once by one stable sort (the reference algorithm), for huge k."""
-    candidates = torch.where(scores > threshold, scores, torch.full_like(scores, float("-inf")))
-    top, point_idx = torch.sort(candidates.t(), dim=1, descending=True, stable=True)
-    keep = top[:, :k_out] > threshold
-    classes = torch.arange(scores.shape[1], device=scores.device)[:, None].expand(-1, k_out)
-    return top[:, :k_out][keep], point_idx[:, :k_out][keep], classes[keep]
+def per_class_topk_table(scores: torch.Tensor, k: int, score_thresh: float
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores, point_idx)`` tables ``[C, min(k, N)]``, each row best first, index
+    ``-1`` past the last candidate. No host-device synchronisation (a fixed-size result,
+    e.g. for CUDA-graph capture); ``per_class_topk`` compacts it. ``N, C, k > 0``.
+    """
+    num_points, num_classes = scores.shape
+    k_out = min(k, num_points)
+    block = max(next_power_of_2(k_out), min(_MIN_BLOCK, next_power_of_2(num_points)), 2)
+    if block > _MAX_BLOCK:
+        # Every class at once by one stable sort (the reference's algorithm).
+        candidates = torch.where(scores > score_thresh, scores,
+                                 torch.full_like(scores, float("-inf")))
+        top, point_idx = torch.sort(candidates.t(), dim=1, descending=True, stable=True)
+        top, point_idx = top[:, :k_out], point_idx[:, :k_out]
+        return top, torch.where(top > score_thresh, point_idx, -1)
+    out_idx = torch.empty((num_classes, k_out), dtype=torch.int64, device=scores.device)
+    out_scores = scores.new_empty((num_classes, k_out))
+    torch.library.wrap_triton(_per_class_topk_kernel)[(num_classes,)](
+        scores, scalar_tensor(score_thresh, scores), out_idx, out_scores, num_points,
+        num_classes, k_out, BLOCK=block, LOG_BLOCK=block.bit_length() - 1,
+        num_warps=4 if block <= 1024 else 8)
+    return out_scores, out_idx
 
 
 @torch.library.triton_op("fcos_fast::per_class_topk_triton", mutates_args=())
@@ -162,18 +178,10 @@ def _per_class_topk_triton(scores: torch.Tensor, k: int, score_thresh: float
     if k_out == 0 or num_classes == 0:
         empty = torch.empty((0,), dtype=torch.int64, device=scores.device)
         return scores.new_empty((0,)), empty, empty.clone()
-    block = max(next_power_of_2(k_out), min(_MIN_BLOCK, next_power_of_2(num_points)), 2)
-    if block > _MAX_BLOCK:
-        return _sort_based(scores, k_out, score_thresh)
-    out_idx = torch.empty((num_classes, k_out), dtype=torch.int64, device=scores.device)
-    out_scores = scores.new_empty((num_classes, k_out))
-    torch.library.wrap_triton(_per_class_topk_kernel)[(num_classes,)](
-        scores, scalar_tensor(score_thresh, scores), out_idx, out_scores, num_points,
-        num_classes, k_out, BLOCK=block, LOG_BLOCK=block.bit_length() - 1,
-        num_warps=4 if block <= 1024 else 8)
+    table_scores, table_idx = per_class_topk_table(scores, k, score_thresh)
     # Class-major, best first: the order of the table. The one sync sizes the output.
-    found = torch.nonzero(out_idx.flatten() >= 0).flatten()
-    return (out_scores.flatten()[found], out_idx.flatten()[found],
+    found = torch.nonzero(table_idx.flatten() >= 0).flatten()
+    return (table_scores.flatten()[found], table_idx.flatten()[found],
             torch.div(found, k_out, rounding_mode="floor"))
 
 
