@@ -1,0 +1,452 @@
+"""The Triton kernels (``kernels/``) against the reference, where their structure can break.
+
+The op tests (``test_<op>.py``) run every backend, Triton included, through the common
+matrix. This file aims at what is particular to the kernels: the 64-box words and the
+one-program sweep of NMS, the box chunks of ``fcos_assign`` (a tie across two chunks),
+the per-program partial sums of the GIoU reduction, the chunked top list of
+``per_class_topk`` and its sort-based path for huge ``k``, unvalidated input, and that
+nothing but the output sizing synchronises with the host.
+
+Without a GPU the kernels run on CPU tensors in the Triton interpreter (small cases);
+the same tests run at full size on CUDA (marked ``cuda``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # before triton is imported (tests/conftest.py does too)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fcos_fast import ops  # noqa: E402
+from tests.ops._cases import clustered_boxes, fcos_points, padded_gt, random_boxes  # noqa: E402
+
+DEVICES = [
+    pytest.param("cpu", id="interpreted", marks=pytest.mark.skipif(
+        "triton" not in ops.available_backends("cpu"),
+        reason="Triton on CPU needs TRITON_INTERPRET=1 before triton is imported")),
+    pytest.param("cuda", marks=pytest.mark.cuda),
+]
+
+
+def _small(device: str) -> bool:
+    """The interpreter is slow: CPU cases stay small, CUDA ones are FCOS-sized."""
+    return device == "cpu"
+
+
+def _triton(op, *args, **kwargs):
+    return getattr(ops, op)(*args, backend="triton", **kwargs)
+
+
+def _reference(op, *args, **kwargs):
+    args = [a.cpu() if isinstance(a, torch.Tensor) else a for a in args]
+    return getattr(ops, op)(*args, backend="reference", **kwargs)
+
+
+def _assert_same(got, expected):
+    got = got if isinstance(got, tuple) else (got,)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == e.dtype
+        assert torch.equal(g.cpu(), e), (g, e)
+
+
+# ---------------------------------------------------------------- nms / batched_nms
+
+def _nms_case(seed: int, n: int, *, clusters: int = 5, tied_scores: bool = False,
+              categories: int = 3, device: str = "cpu"):
+    g = torch.Generator().manual_seed(seed)
+    boxes = clustered_boxes(n, clusters=clusters, generator=g)
+    if tied_scores:  # few distinct scores: the order of ties decides what is kept
+        scores = torch.randint(0, 6, (n,), generator=g).float() / 6
+    else:
+        scores = torch.rand(n, generator=g)
+    idxs = torch.randint(0, categories, (n,), generator=g)
+    return boxes.to(device), scores.to(device), idxs.to(device)
+
+
+def _check_nms(boxes, scores, idxs, threshold):
+    _assert_same(_triton("nms", boxes, scores, threshold),
+                 _reference("nms", boxes, scores, threshold))
+    _assert_same(_triton("batched_nms", boxes, scores, idxs, threshold),
+                 _reference("batched_nms", boxes, scores, idxs, threshold))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=6)
+@given(seed=st.integers(0, 2**31 - 1), threshold=st.floats(0.05, 0.95),
+       tied_scores=st.booleans())
+def test_nms_random(device, seed, threshold, tied_scores):
+    n = 150 if _small(device) else 6000  # 3 mask words / 94 words in the sweep
+    _check_nms(*_nms_case(seed, n, tied_scores=tied_scores, device=device), threshold)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [63, 64, 65, 129])
+def test_nms_word_boundaries(device, n):
+    """One cluster: long suppression chains that cross the 64-box words."""
+    _check_nms(*_nms_case(n, n, clusters=1, tied_scores=True, device=device), 0.3)
+
+
+def _nms_edge_cases():
+    square = [0.0, 0.0, 4.0, 4.0]
+    point = [1.0, 1.0, 1.0, 1.0]
+    return {
+        "one_box": ([square], [0.5], 0.5),
+        "identical_boxes_tied_scores": ([square] * 6, [0.5, 0.7, 0.5, 0.7, 0.5, 0.1], 0.5),
+        # IoU of two empty boxes is 0/0: NaN, which suppresses nothing.
+        "zero_area_boxes": ([point, point, [1.0, 1, 1, 3], square], [0.9, 0.8, 0.7, 0.6], 0.0),
+        "iou_exactly_at_threshold": ([square, [0.0, 0, 4, 2]], [0.9, 0.8], 0.5),
+        "negative_threshold_suppresses_disjoint": ([square, [10.0, 10, 12, 12]], [0.9, 0.8],
+                                                   -0.1),
+        "threshold_one_keeps_all": ([square] * 3, [0.3, 0.2, 0.1], 1.0),
+    }
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(_nms_edge_cases()))
+def test_nms_edge_cases(device, name):
+    boxes, scores, threshold = _nms_edge_cases()[name]
+    boxes = torch.tensor(boxes, device=device)
+    scores = torch.tensor(scores, device=device)
+    idxs = torch.arange(boxes.shape[0], device=device) % 2
+    _check_nms(boxes, scores, idxs, threshold)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_nms_dtypes(device, dtype):
+    boxes, scores, idxs = _nms_case(3, 90, tied_scores=True, device=device)
+    _check_nms(boxes.to(dtype), scores.to(dtype), idxs, 0.45)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nms_empty(device):
+    boxes, scores = torch.zeros(0, 4, device=device), torch.zeros(0, device=device)
+    idxs = torch.zeros(0, dtype=torch.int64, device=device)
+    assert _triton("nms", boxes, scores, 0.5).shape == (0,)
+    assert _triton("batched_nms", boxes, scores, idxs, 0.5).shape == (0,)
+
+
+# ---------------------------------------------------------------- giou_loss
+
+def _giou_pairs(seed: int, n: int, dtype=torch.float64):
+    """Overlapping, disjoint and nested pairs, with some sides tied exactly."""
+    g = torch.Generator().manual_seed(seed)
+    target = random_boxes(n, min_size=1.0, dtype=torch.float64, generator=g)
+    pred = target + (torch.rand(n, 4, generator=g, dtype=torch.float64) - 0.5) * 30
+    pred[:, 2:] = torch.maximum(pred[:, 2:], pred[:, :2] + 0.5)
+    tie = torch.rand(n, 4, generator=g) < 0.15
+    pred[tie] = target[tie]  # max/min ties: the gradient splits in halves
+    pred[torch.rand(n, generator=g) < 0.2] += 300  # disjoint: no intersection gradient
+    return pred.to(dtype), target.to(dtype)
+
+
+def _giou_with_grads(backend, pred, target, reduction):
+    pred = pred.detach().clone().requires_grad_(True)
+    target = target.detach().clone().requires_grad_(True)
+    loss = ops.giou_loss(pred, target, reduction=reduction, backend=backend)
+    upstream = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device)
+    (loss * upstream.reshape(loss.shape)).sum().backward()
+    return loss.detach(), pred.grad, target.grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@settings(max_examples=4)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_giou_loss_random(device, reduction, dtype, seed):
+    # Past one program of 1024 pairs: the mean and sum add several partial sums.
+    n = 2500 if _small(device) else 200_000
+    pred, target = _giou_pairs(seed, n, dtype)
+    expected = _giou_with_grads("reference", pred, target, reduction)
+    got = _giou_with_grads("triton", pred.to(device), target.to(device), reduction)
+    tolerance = {torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == dtype
+        scale = max(1.0, float(e.abs().max())) if e.numel() else 1.0
+        torch.testing.assert_close(g.cpu(), e, rtol=tolerance, atol=tolerance * scale)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_giou_loss_ties_and_degenerate_boxes(device, reduction):
+    """Sides tied between prediction and target, touching, nested, disjoint, empty."""
+    pred = torch.tensor([[0.0, 0, 4, 4], [0, 0, 2, 2], [0, 0, 4, 4], [0, 0, 10, 10],
+                         [0, 0, 1, 1], [1, 1, 1, 3], [1, 1, 1, 1], [2, 0, 6, 4]],
+                        dtype=torch.float64)
+    target = torch.tensor([[0.0, 0, 4, 4], [2, 0, 4, 2], [0, 1, 4, 3], [2, 3, 5, 7],
+                           [5, 5, 6, 6], [0, 0, 4, 4], [1, 1, 1, 1], [0, 0, 4, 4]],
+                          dtype=torch.float64)
+    expected = _giou_with_grads("reference", pred, target, reduction)
+    got = _giou_with_grads("triton", pred.to(device), target.to(device), reduction)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g.cpu(), e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_giou_loss_reduction_is_deterministic(device):
+    """Partial sums added in a fixed order: the same bits every time."""
+    pred, target = (t.to(device) for t in _giou_pairs(0, 3000, torch.float32))
+    first = _triton("giou_loss", pred, target, reduction="sum")
+    assert all(torch.equal(_triton("giou_loss", pred, target, reduction="sum"), first)
+               for _ in range(3))
+    torch.testing.assert_close(first, _triton("giou_loss", pred, target).double().sum().float())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_giou_loss_half_precision(device, dtype):
+    pred, target = (t.to(dtype) for t in _giou_pairs(1, 50))
+    expected = _giou_with_grads("reference", pred.float(), target.float(), "none")
+    got = _giou_with_grads("triton", pred.to(device), target.to(device), "none")
+    assert all(g.dtype == dtype for g in got)
+    torch.testing.assert_close(got[0].cpu(), expected[0].to(dtype), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_giou_loss_backward_op_opcheck(device, reduction):
+    """The backward kernel is an op of its own (the op tests opcheck the forward)."""
+    pred, target = (t.float().to(device) for t in _giou_pairs(2, 16))
+    grad = torch.rand(16 if reduction == "none" else (), device=device)
+    torch.library.opcheck(torch.ops.fcos_fast.giou_loss_backward_triton,
+                          (grad, pred, target, reduction, 1e-7))
+
+
+# ---------------------------------------------------------------- fcos_assign
+
+def _assign_case(seed: int, num_images: int, max_boxes: int, image_size, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    points, lower, upper, radius, _, _ = fcos_points(image_size, dtype=dtype)
+    scale = float(max(image_size))
+    boxes = [random_boxes(int(torch.randint(0, max_boxes + 1, (1,), generator=g)), scale=scale,
+                          min_size=4.0, dtype=dtype, generator=g) for _ in range(num_images)]
+    gt, num_gt = padded_gt(boxes, slots=max_boxes, scale=scale)
+    return points, lower, upper, radius, gt, num_gt
+
+
+def _check_assign(*args, device):
+    got = _triton("fcos_assign", *(a.to(device) for a in args))
+    assert got.device.type == device
+    _assert_same(got, _reference("fcos_assign", *args))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=5)
+@given(seed=st.integers(0, 2**31 - 1), max_boxes=st.integers(0, 70))
+def test_fcos_assign_random(device, seed, max_boxes):
+    """Up to 70 box slots: three chunks of 32 boxes, padding rows past num_gt."""
+    if _small(device):
+        case = _assign_case(seed, 2, max_boxes, (48, 64))
+    else:
+        case = _assign_case(seed, 8, 3 * max_boxes, (800, 1024))
+    _check_assign(*case, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fcos_assign_area_ties_across_chunks_and_edges(device):
+    points, lower, upper, radius, _, _ = fcos_points((64, 64))
+    box = torch.tensor([8.0, 8.0, 40.0, 40.0])
+    gt = random_boxes(70, scale=64.0, min_size=40.0) + 200  # far away: never matched
+    gt[3] = gt[37] = gt[69] = box  # one box in three chunks: slot 3 must win
+    gt[50] = torch.tensor([4.0, 4.0, 36.0, 36.0])  # another box of the same area
+    gt[10] = torch.tensor([12.0, 12.0, 12.0, 30.0])  # zero area: no point is inside it
+    # A box whose sides run through point centers (x = 4 + 8k): points on an edge are out.
+    gt[20] = torch.tensor([4.0, 4.0, 20.0, 20.0])
+    num_gt = torch.tensor([70, 38, 0])
+    gt = torch.stack([gt, gt, gt])
+    _check_assign(points, lower, upper, radius, gt, num_gt, device=device)
+    matched = _triton("fcos_assign", points, lower, upper, radius, gt, num_gt)
+    assert 37 not in matched.tolist()[0] and 69 not in matched.tolist()[0]
+    assert (matched[0] == 3).any() and (matched[2] == -1).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_fcos_assign_dtypes(device, dtype):
+    _check_assign(*_assign_case(5, 2, 12, (40, 48), dtype), device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fcos_assign_no_boxes(device):
+    points, lower, upper, radius, _, _ = fcos_points((24, 32))
+    for gt, num_gt in ((torch.zeros(2, 0, 4), torch.zeros(2, dtype=torch.int64)),
+                       (torch.zeros(0, 5, 4), torch.zeros(0, dtype=torch.int64)),
+                       (random_boxes(10).reshape(2, 5, 4), torch.zeros(2, dtype=torch.int64))):
+        _check_assign(points, lower, upper, radius, gt, num_gt, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fcos_assign_clamps_unvalidated_num_gt(device, monkeypatch):
+    """With FCOS_FAST_VALIDATE=0 a count outside [0, G] is clamped, never read past."""
+    monkeypatch.setenv("FCOS_FAST_VALIDATE", "0")
+    points, lower, upper, radius, gt, _ = _assign_case(4, 3, 9, (40, 48))
+    got = _triton("fcos_assign", *(t.to(device) for t in (
+        points, lower, upper, radius, gt, torch.tensor([-5, 9, 1000]))))
+    expected = _reference("fcos_assign", points, lower, upper, radius, gt,
+                          torch.tensor([0, 9, 9]))
+    _assert_same(got, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fcos_assign_non_finite_without_validation(device, monkeypatch):
+    monkeypatch.setenv("FCOS_FAST_VALIDATE", "0")
+    points, lower, upper, radius, gt, num_gt = _assign_case(6, 2, 8, (40, 48))
+    points[::7, 0] = float("nan")
+    points[1::9, 1] = float("inf")
+    gt[0, 1, 2] = float("nan")
+    gt[1, 0, :2] = float("-inf")
+    got = _triton("fcos_assign", *(t.to(device) for t in (points, lower, upper, radius, gt,
+                                                            num_gt))).cpu()
+    assert got.shape == (2, points.shape[0])
+    assert bool(((got >= -1) & (got < num_gt[:, None])).all())
+    assert bool((got[:, ::7] == -1).all())  # a NaN coordinate matches nothing
+
+
+# ---------------------------------------------------------------- per_class_topk
+
+def _topk_scores(seed: int, n: int, c: int, ties: bool, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(n, c, generator=g, dtype=torch.float64)
+    if ties:
+        scores = (scores * 6).floor() / 6
+    return scores.to(dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=8)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 300), c=st.integers(1, 3),
+       k=st.integers(0, 300), thresh=st.floats(-0.1, 0.9), ties=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_per_class_topk_random(device, seed, n, c, k, thresh, ties, dtype):
+    """n > 256 streams two chunks through the running top list."""
+    if not _small(device):
+        n, c, k = n * 60, c * 27, k * 4
+    scores = _topk_scores(seed, n, c, ties, dtype)
+    _assert_same(_triton("per_class_topk", scores.to(device), k, thresh),
+                 _reference("per_class_topk", scores, k, thresh))
+
+
+def _topk_edge_cases():
+    scores = _topk_scores(0, 40, 3, ties=True)
+    signed_zeros = torch.tensor([[0.0, -0.0], [-0.0, 0.0], [0.0, 0.0], [-0.0, -0.0]])
+    late_best = torch.zeros(600, 2)
+    late_best[590] = 1.0  # the best point in the last chunk
+    late_best[5] = 0.5
+    return {
+        "k_one": (scores, 1, 0.1),
+        "k_larger_than_points": (scores, 100, 0.1),
+        "nothing_above_threshold": (scores, 5, 1.0),
+        "score_equal_to_threshold_is_out": (scores, 50, 0.5),
+        "signed_zeros_tie_by_index": (signed_zeros, 3, -1.0),
+        "nan_and_inf": (torch.tensor([[float("nan"), float("inf")], [float("-inf"), 0.5],
+                                      [0.7, float("nan")], [float("inf"), -float("inf")]]),
+                        3, float("-inf")),
+        "best_in_last_chunk": (late_best, 2, 0.0),
+        "all_tied_across_chunks": (torch.full((700, 2), 0.25), 3, 0.0),
+    }
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(_topk_edge_cases()))
+def test_per_class_topk_edge_cases(device, name):
+    scores, k, thresh = _topk_edge_cases()[name]
+    _assert_same(_triton("per_class_topk", scores.to(device), k, thresh),
+                 _reference("per_class_topk", scores, k, thresh))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_per_class_topk_huge_k_takes_the_sort_path(device):
+    """k beyond the 4096-entry register list: one sort of all classes instead."""
+    scores = _topk_scores(1, 5000, 2, ties=True)
+    _assert_same(_triton("per_class_topk", scores.to(device), 4500, 0.2),
+                 _reference("per_class_topk", scores, 4500, 0.2))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_per_class_topk_half_precision(device, dtype):
+    scores = _topk_scores(2, 64, 3, ties=False, dtype=dtype)
+    got = _triton("per_class_topk", scores.to(device), 9, 0.3)
+    assert got[0].dtype == dtype
+    _assert_same((got[0].float(), got[1], got[2]),
+                 _reference("per_class_topk", scores.float(), 9, 0.3))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_per_class_topk_empty(device):
+    for scores, k in ((torch.zeros(0, 3), 5), (torch.zeros(5, 0), 5), (torch.rand(5, 3), 0)):
+        got = _triton("per_class_topk", scores.to(device), k, 0.1)
+        assert [t.shape for t in got] == [(0,)] * 3
+        assert [t.dtype for t in got] == [torch.float32, torch.int64, torch.int64]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_per_class_topk_non_finite_without_validation(device):
+    """per_class_topk validates no values: NaN/inf scores are simply never/always in."""
+    scores = _topk_scores(3, 80, 2, ties=False)
+    scores[::3, 0] = float("nan")
+    scores[1::5, 1] = float("inf")
+    _assert_same(_triton("per_class_topk", scores.to(device), 20, 0.5),
+                 _reference("per_class_topk", scores, 20, 0.5))
+
+
+# ---------------------------------------------------------------- torch.compile
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_data_dependent_ops_compile_fullgraph(device):
+    """nms and per_class_topk have data-dependent output sizes (new_dynamic_size)."""
+    torch._dynamo.reset()
+    boxes, scores, idxs = _nms_case(4, 40, device=device)
+    topk_scores = _topk_scores(4, 30, 3, ties=True).to(device)
+
+    def run(b, s, i, t):
+        return (ops.nms(b, s, 0.5, backend="triton"),
+                ops.batched_nms(b, s, i, 0.5, backend="triton"),
+                *ops.per_class_topk(t, 5, 0.2, backend="triton"))
+
+    with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+        compiled = torch.compile(run, fullgraph=True, backend="aot_eager")
+        for got, expected in zip(compiled(boxes, scores, idxs, topk_scores),
+                                 run(boxes, scores, idxs, topk_scores), strict=True):
+            assert torch.equal(got, expected)
+
+
+# ---------------------------------------------------------------- no host sync (GPU only)
+
+@pytest.mark.cuda
+def test_no_host_device_sync(monkeypatch):
+    """fcos_assign, giou_loss forward and backward, the NMS mask + sweep and the top-k
+    table launch without synchronising (value checks off, as in a trusted hot loop)."""
+    from fcos_fast.kernels.nms import nms_keep_mask
+    from fcos_fast.kernels.per_class_topk import per_class_topk_table
+
+    monkeypatch.setenv("FCOS_FAST_VALIDATE", "0")
+    assign_args = [t.cuda() for t in _assign_case(0, 8, 100, (800, 1024))]
+    pred, target = (t.float().cuda() for t in _giou_pairs(0, 100_000))
+    boxes, scores, idxs = _nms_case(0, 5000, device="cuda")
+    topk_scores = _topk_scores(0, 17000, 80, ties=False).cuda()
+
+    def run():
+        ops.fcos_assign(*assign_args, backend="triton")
+        p = pred.clone().requires_grad_(True)
+        ops.giou_loss(p, target, reduction="mean", backend="triton").backward()
+        nms_keep_mask(boxes, scores, None, 0.5)
+        nms_keep_mask(boxes, scores, idxs, 0.5)
+        per_class_topk_table(topk_scores, 1000, 0.05)
+
+    run()  # compile the kernels first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
