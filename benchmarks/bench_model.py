@@ -23,6 +23,7 @@ import torchvision
 from benchmarks.conftest import compiled_backends
 from benchmarks.harness import bench_device
 from fcos_fast.model import from_torchvision
+from tests.model._helpers import random_batch, torchvision_fcos
 
 ON_GPU = bench_device().type == "cuda"
 if ON_GPU:
@@ -43,12 +44,8 @@ def _torchvision_fcos(device: torch.device) -> torchvision.models.detection.FCOS
     so candidates overlap and NMS suppresses.
     """
     torch.manual_seed(0)
-    resnet = getattr(torchvision.models, DEPTH)(weights=None)
-    backbone = torchvision.models.detection.backbone_utils._resnet_fpn_extractor(
-        resnet, 5, returned_layers=[2, 3, 4],
-        extra_blocks=torchvision.ops.feature_pyramid_network.LastLevelP6P7(256, 256))
-    model = torchvision.models.detection.FCOS(backbone, NUM_CLASSES, min_size=MIN_SIZE,
-                                              max_size=MAX_SIZE, score_thresh=SCORE_THRESH)
+    model = torchvision_fcos(NUM_CLASSES, depth=DEPTH, min_size=MIN_SIZE, max_size=MAX_SIZE,
+                             score_thresh=SCORE_THRESH)
     head = model.head
     with torch.no_grad():
         head.classification_head.cls_logits.bias.fill_(-math.log((1 - 0.1) / 0.1))
@@ -58,19 +55,9 @@ def _torchvision_fcos(device: torch.device) -> torchvision.models.detection.FCOS
 
 def _batch(device: torch.device):
     """``BATCH`` images of FCOS-like sizes with 1 to ``MAX_BOXES`` boxes each."""
-    generator = torch.Generator().manual_seed(0)
-    images, targets = [], []
-    for index in range(BATCH):
-        height, width = MIN_SIZE + 32 * index, MIN_SIZE * 4 // 3
-        images.append(torch.rand(3, height, width, generator=generator).to(device))
-        count = int(torch.randint(1, MAX_BOXES + 1, (1,), generator=generator))
-        extent = torch.tensor([width, height], dtype=torch.float32)
-        corner = torch.rand(count, 2, generator=generator) * extent * 0.7
-        size = torch.rand(count, 2, generator=generator) * extent * 0.3 + 8
-        boxes = torch.cat([corner, torch.minimum(corner + size, extent)], dim=1)
-        labels = torch.randint(0, NUM_CLASSES, (count,), generator=generator)
-        targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
-    return images, targets
+    return random_batch(torch.Generator().manual_seed(0), NUM_CLASSES, num_images=BATCH,
+                        sizes=(MIN_SIZE, MIN_SIZE * 4 // 3), max_boxes=MAX_BOXES,
+                        empty_image=False, device=device)
 
 
 @functools.cache
