@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from fcos_fast.ops.fcos_assign import fcos_assign_fake
 from fcos_fast.kernels._common import NAN, load_boxes, next_power_of_2, register
@@ -103,7 +104,7 @@ def _fcos_assign_triton(points: torch.Tensor, lower: torch.Tensor, upper: torch.
     matched = torch.empty((num_images, num_points), dtype=torch.int64, device=points.device)
     block_p, block_g, num_warps = _launch_config(num_slots)
     grid = (triton.cdiv(num_points, block_p), num_images)
-    torch.library.wrap_triton(_fcos_assign_kernel)[grid](
+    wrap_triton(_fcos_assign_kernel)[grid](
         points, lower, upper, radius, gt_boxes, num_gt, matched, num_points, num_slots,
         BLOCK_P=block_p, BLOCK_G=block_g, num_warps=num_warps)
     return matched

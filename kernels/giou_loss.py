@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from fcos_fast.kernels._common import (NAN, div_rn, load_boxes, mul_rn, next_power_of_2,
                                        register, scalar_tensor)
@@ -187,12 +188,12 @@ def _giou_loss_triton(pred: torch.Tensor, target: torch.Tensor, reduction: str,
     num_programs = triton.cdiv(num_boxes, block)
     eps_t = scalar_tensor(eps, pred)
     out = pred.new_empty((num_boxes,) if code == _NONE else (num_programs,))
-    torch.library.wrap_triton(_giou_loss_forward_kernel)[(num_programs,)](
+    wrap_triton(_giou_loss_forward_kernel)[(num_programs,)](
         pred, target, eps_t, out, num_boxes, REDUCTION=code, BLOCK=block, num_warps=_NUM_WARPS)
     if code == _NONE:
         return out
     total = pred.new_empty(())
-    torch.library.wrap_triton(_sum_partials_kernel)[(1,)](
+    wrap_triton(_sum_partials_kernel)[(1,)](
         out, total, num_programs, num_boxes, REDUCTION=code, BLOCK=_SUM_BLOCK,
         num_warps=_NUM_WARPS)
     return total
@@ -210,7 +211,7 @@ def _giou_loss_backward_triton(grad_output: torch.Tensor, pred: torch.Tensor,
         return grad_pred, grad_target
     block = _block_size(num_boxes)
     grad_output = grad_output.to(pred.dtype)
-    torch.library.wrap_triton(_giou_loss_backward_kernel)[(triton.cdiv(num_boxes, block),)](
+    wrap_triton(_giou_loss_backward_kernel)[(triton.cdiv(num_boxes, block),)](
         grad_output, pred, target, scalar_tensor(eps, pred), grad_pred, grad_target,
         num_boxes, REDUCTION=code, BLOCK=block, num_warps=_NUM_WARPS)
     return grad_pred, grad_target

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from fcos_fast.kernels._common import (NAN, div_rn, load_boxes, mul_rn, next_power_of_2,
                                        register, scalar_tensor)
@@ -133,11 +134,11 @@ def nms_keep_mask(boxes: torch.Tensor, scores: torch.Tensor, categories: torch.T
     # 64 x 64 tiles, one int64 word per row as in torchvision's CUDA kernel: the tile is
     # the word, not a tunable. 8 warps give 16 pairs per thread (~80 registers for sm_90
     # by ptxas -v; 4 warps need ~170 and halve the occupancy).
-    torch.library.wrap_triton(_nms_mask_kernel)[(num_words, num_words)](
+    wrap_triton(_nms_mask_kernel)[(num_words, num_words)](
         sorted_boxes, sorted_categories, scalar_tensor(iou_threshold, boxes), mask,
         num_boxes, num_words, BATCHED=batched, WORD=_WORD, num_warps=8)
     keep = torch.empty((num_boxes,), dtype=torch.bool, device=boxes.device)
-    torch.library.wrap_triton(_nms_sweep_kernel)[(1,)](
+    wrap_triton(_nms_sweep_kernel)[(1,)](
         mask, keep, num_boxes, num_words, WORDS=next_power_of_2(num_words), WORD=_WORD,
         num_warps=_sweep_warps(num_words))
     return order, keep

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from fcos_fast.kernels._common import next_power_of_2, register, scalar_tensor
 from fcos_fast.ops.per_class_topk import per_class_topk_fake
@@ -163,7 +164,7 @@ def per_class_topk_table(scores: torch.Tensor, k: int, score_thresh: float
         return top, torch.where(top > score_thresh, point_idx, -1)
     out_idx = torch.empty((num_classes, k_out), dtype=torch.int64, device=scores.device)
     out_scores = scores.new_empty((num_classes, k_out))
-    torch.library.wrap_triton(_per_class_topk_kernel)[(num_classes,)](
+    wrap_triton(_per_class_topk_kernel)[(num_classes,)](
         scores, scalar_tensor(score_thresh, scores), out_idx, out_scores, num_points,
         num_classes, k_out, BLOCK=block, LOG_BLOCK=block.bit_length() - 1,
         num_warps=4 if block <= 1024 else 8)

@@ -420,7 +420,20 @@ def test_data_dependent_ops_compile_fullgraph(device):
             assert torch.equal(got, expected)
 
 
-# ---------------------------------------------------------------- no host sync (GPU only)
+# ---------------------------------------------------------------- GPU only
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("op", ["nms", "batched_nms", "giou_loss", "giou_loss_backward",
+                                "fcos_assign", "per_class_topk"])
+def test_triton_ops_expose_their_kernels(op):
+    """triton_op finds the kernels in the launcher's source (``wrap_triton(kernel)``):
+    AOTAutograd's cache key hashes them, so an edited kernel is never served stale.
+    (Under the interpreter the kernels are not JIT functions and are not listed.)"""
+    import torch._library.triton as library_triton
+
+    assert library_triton.get_triton_kernels_for_op(f"fcos_fast::{op}_triton")
+
+
 
 @pytest.mark.cuda
 def test_no_host_device_sync(monkeypatch):
