@@ -1,7 +1,8 @@
 """Per-class threshold and top-k in Triton: ``fcos_fast::per_class_topk_triton``.
 
-One program per class streams that class's column of scores in chunks of ``BLOCK``
-points and keeps the best ``BLOCK >= k`` candidates so far, sorted, in registers:
+A program per (class, segment of points) streams its part of the class's column of
+scores in chunks of ``BLOCK`` points and keeps the best ``BLOCK >= k`` candidates so far,
+sorted, in registers:
 
 * every (score, point) pair becomes a key pair ordered by score descending, then point
   index ascending, the order of the output (non-candidates, ``score <= thresh`` or NaN,
@@ -12,9 +13,10 @@ points and keeps the best ``BLOCK >= k`` candidates so far, sorted, in registers
   sorts it. Chunks with nothing better (most of them, once the top-k is full or when few
   scores pass the threshold) cost one load and one comparison.
 
-The first ``min(k, N)`` kept pairs of each class are written to a ``[C, min(k, N)]``
-table, ``-1`` where there was no candidate; the launcher compacts the table, which is
-the one host-device synchronisation (the output size depends on the data).
+A second kernel, a program per class, merges the segments' lists the same way and
+writes the first ``min(k, N)`` to a ``[C, min(k, N)]`` table, ``-1`` where there was no
+candidate; the launcher compacts the table, which is the one host-device
+synchronisation (the output size depends on the data).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from fcos_fast.kernels._common import next_power_of_2, register, scalar_tensor
 from fcos_fast.ops.per_class_topk import per_class_topk_fake
 
 __all__ = ["per_class_topk"]
+
+_NO_INDEX = tl.constexpr(2**31 - 1)  # the index of the sentinel: no point has it
 
 
 @triton.jit
@@ -86,24 +90,40 @@ def _bitonic_merge(key, idx, stage: tl.constexpr, order: tl.constexpr, N_DIMS: t
 
 
 @triton.jit
-def _per_class_topk_kernel(scores_ptr, threshold_ptr, out_idx_ptr, out_scores_ptr,
-                           num_points, num_classes, k_out,
-                           BLOCK: tl.constexpr, LOG_BLOCK: tl.constexpr):
+def _merge_lists(best_key, best_idx, key, idx, LOG_BLOCK: tl.constexpr):
+    """The best ``BLOCK`` of two lists, ``best`` sorted best-first and ``key, idx``
+    worst-first: position by position the better of each pair is the best of both, as
+    a bitonic sequence, which one bitonic merge sorts best-first."""
+    take_kept = _better(best_key, best_idx, key, idx)
+    best_key = tl.where(take_kept, best_key, key)
+    best_idx = tl.where(take_kept, best_idx, idx)
+    return _bitonic_merge(best_key, best_idx, LOG_BLOCK, 1, LOG_BLOCK)
+
+
+@triton.jit
+def _segment_top_kernel(scores_ptr, threshold_ptr, top_key_ptr, top_idx_ptr,
+                        num_points, num_classes, segment_len,
+                        BLOCK: tl.constexpr, LOG_BLOCK: tl.constexpr):
+    """The best ``BLOCK`` candidates of class ``program_id(0)`` among the points of
+    segment ``program_id(1)``, best first, into ``top_key/top_idx[class, segment]``."""
     cls = tl.program_id(0)
+    segment = tl.program_id(1)
     threshold = tl.load(threshold_ptr)
     pos = tl.arange(0, BLOCK)
     # The sentinel, the smallest key (INT_MIN of the key's width) with the largest
     # index, sorts after every candidate: a candidate's key is at least that of -inf.
-    key_dtype: tl.constexpr = _sortable_key(tl.zeros([1], scores_ptr.dtype.element_ty)).dtype
+    key_dtype: tl.constexpr = top_key_ptr.dtype.element_ty
     no_key = tl.full([BLOCK], 1, key_dtype) << (key_dtype.primitive_bitwidth - 1)
-    no_idx = tl.full([BLOCK], 2147483647, tl.int32)
+    no_idx = tl.full([BLOCK], _NO_INDEX, tl.int32)
     best_key = tl.reshape(no_key, [2] * LOG_BLOCK)
     best_idx = tl.reshape(no_idx, [2] * LOG_BLOCK)
     worst_kept = tl.min(no_key)
 
-    for start in range(0, num_points, BLOCK):
+    first = segment * segment_len
+    stop = tl.minimum(first + segment_len, num_points)
+    for start in range(first, stop, BLOCK):
         point = start + pos
-        ok = point < num_points
+        ok = point < stop
         score = tl.load(scores_ptr + point.to(tl.int64) * num_classes + cls, mask=ok, other=0.0)
         is_candidate = ok & (score > threshold)
         key = tl.where(is_candidate, _sortable_key(score), no_key)
@@ -112,38 +132,59 @@ def _per_class_topk_kernel(scores_ptr, threshold_ptr, out_idx_ptr, out_scores_pt
         if tl.max(key) > worst_kept:
             chunk_key = tl.reshape(key, [2] * LOG_BLOCK)
             chunk_idx = tl.reshape(tl.where(is_candidate, point, no_idx), [2] * LOG_BLOCK)
-            # Sort the chunk worst-first (the last stage ascending)...
+            # Sort the chunk worst-first (the last stage ascending), then merge.
             for stage in tl.static_range(1, LOG_BLOCK + 1):
                 chunk_key, chunk_idx = _bitonic_merge(
                     chunk_key, chunk_idx, stage, 2 if stage < LOG_BLOCK else 0, LOG_BLOCK)
-            # ...so that position by position against the best-first kept list, the
-            # better of each pair is the best BLOCK of both, as a bitonic sequence.
-            take_kept = _better(best_key, best_idx, chunk_key, chunk_idx)
-            best_key = tl.where(take_kept, best_key, chunk_key)
-            best_idx = tl.where(take_kept, best_idx, chunk_idx)
-            best_key, best_idx = _bitonic_merge(best_key, best_idx, LOG_BLOCK, 1, LOG_BLOCK)
+            best_key, best_idx = _merge_lists(best_key, best_idx, chunk_key, chunk_idx,
+                                              LOG_BLOCK)
             worst_kept = tl.min(best_key)
 
-    key = tl.reshape(best_key, [BLOCK])
+    out = (cls.to(tl.int64) * tl.num_programs(1) + segment) * BLOCK + pos
+    tl.store(top_key_ptr + out, tl.reshape(best_key, [BLOCK]))
+    tl.store(top_idx_ptr + out, tl.reshape(best_idx, [BLOCK]))
+
+
+@triton.jit
+def _merge_segments_kernel(top_key_ptr, top_idx_ptr, scores_ptr, out_idx_ptr, out_scores_ptr,
+                           num_segments, num_classes, k_out,
+                           BLOCK: tl.constexpr, LOG_BLOCK: tl.constexpr):
+    """Merge the segments' lists of class ``program_id(0)`` and write its row of the
+    ``[C, k_out]`` table: point index (``-1`` for no candidate) and score."""
+    cls = tl.program_id(0)
+    pos = tl.arange(0, BLOCK)
+    lists = cls.to(tl.int64) * num_segments * BLOCK
+    best_key = tl.reshape(tl.load(top_key_ptr + lists + pos), [2] * LOG_BLOCK)
+    best_idx = tl.reshape(tl.load(top_idx_ptr + lists + pos), [2] * LOG_BLOCK)
+    for segment in range(1, num_segments):
+        at = lists + segment * BLOCK + (BLOCK - 1 - pos)  # back to front: worst-first
+        best_key, best_idx = _merge_lists(
+            best_key, best_idx, tl.reshape(tl.load(top_key_ptr + at), [2] * LOG_BLOCK),
+            tl.reshape(tl.load(top_idx_ptr + at), [2] * LOG_BLOCK), LOG_BLOCK)
+
     idx = tl.reshape(best_idx, [BLOCK])
-    found = key != no_key
-    out = cls.to(tl.int64) * k_out + pos
     store = pos < k_out
-    score = tl.load(scores_ptr + idx.to(tl.int64) * num_classes + cls, mask=store & found,
-                    other=0.0)
+    found = store & (idx != _NO_INDEX)
+    score = tl.load(scores_ptr + idx.to(tl.int64) * num_classes + cls, mask=found, other=0.0)
+    out = cls.to(tl.int64) * k_out + pos
     tl.store(out_idx_ptr + out, tl.where(found, idx.to(tl.int64), -1), mask=store)
     tl.store(out_scores_ptr + out, score, mask=store)
 
 
 # Launch configuration. The running top list needs BLOCK >= min(k, N) (FCOS keeps
 # k = 1000 candidates per class: BLOCK 1024, ~12 KB of keys and indices per program).
-# Below that, chunks of 256 keep the bitonic sort short while a 20k-point column still
-# takes only ~80 steps. The network's cross-lane exchanges favour few warps: 4 warps up
-# to 1024 elements (8 pairs per thread, ~120 registers for sm_90 by ptxas -v), 8 beyond
-# (~230 registers at 4096, no spills). Beyond 4096 the register-resident list would
-# spill, so a larger k takes the reference's algorithm, one sort of all classes at once.
+# Below that, chunks of 256 keep the bitonic sort short. The network's cross-lane
+# exchanges favour few warps: 4 warps up to 1024 elements (8 pairs per thread, ~100
+# registers for sm_90 by ptxas -v), 8 beyond (~200 registers at 4096, no spills).
+# Beyond 4096 the register-resident list would spill, so a larger k takes the
+# reference's algorithm, one sort of all classes at once.
+# A class's column is split into segments of 4 chunks, one program each, so that the
+# GPU is filled even with few classes (FCOS, k = 1000, 20k points, 80 classes: 5
+# segments per class, 400 programs), at the price of one bitonic merge per extra
+# segment in the second kernel (log2(BLOCK) steps, against ~4 sorts of a chunk).
 _MIN_BLOCK = 256
 _MAX_BLOCK = 4096
+_CHUNKS_PER_SEGMENT = 4
 
 
 def per_class_topk_table(scores: torch.Tensor, k: int, score_thresh: float
@@ -162,12 +203,22 @@ def per_class_topk_table(scores: torch.Tensor, k: int, score_thresh: float
         top, point_idx = torch.sort(candidates.t(), dim=1, descending=True, stable=True)
         top, point_idx = top[:, :k_out], point_idx[:, :k_out]
         return top, torch.where(top > score_thresh, point_idx, -1)
+    segment_len = _CHUNKS_PER_SEGMENT * block
+    num_segments = triton.cdiv(num_points, segment_len)
+    key_dtype = torch.int64 if scores.dtype == torch.float64 else torch.int32
+    top_key = torch.empty((num_classes, num_segments, block), dtype=key_dtype,
+                          device=scores.device)
+    top_idx = torch.empty((num_classes, num_segments, block), dtype=torch.int32,
+                          device=scores.device)
+    num_warps = 4 if block <= 1024 else 8
+    wrap_triton(_segment_top_kernel)[(num_classes, num_segments)](
+        scores, scalar_tensor(score_thresh, scores), top_key, top_idx, num_points, num_classes,
+        segment_len, BLOCK=block, LOG_BLOCK=block.bit_length() - 1, num_warps=num_warps)
     out_idx = torch.empty((num_classes, k_out), dtype=torch.int64, device=scores.device)
     out_scores = scores.new_empty((num_classes, k_out))
-    wrap_triton(_per_class_topk_kernel)[(num_classes,)](
-        scores, scalar_tensor(score_thresh, scores), out_idx, out_scores, num_points,
-        num_classes, k_out, BLOCK=block, LOG_BLOCK=block.bit_length() - 1,
-        num_warps=4 if block <= 1024 else 8)
+    wrap_triton(_merge_segments_kernel)[(num_classes,)](
+        top_key, top_idx, scores, out_idx, out_scores, num_segments, num_classes, k_out,
+        BLOCK=block, LOG_BLOCK=block.bit_length() - 1, num_warps=num_warps)
     return out_scores, out_idx
 
 

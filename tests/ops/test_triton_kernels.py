@@ -3,7 +3,7 @@
 The op tests (``test_<op>.py``) run every backend, Triton included, through the common
 matrix. This file aims at what is particular to the kernels: the 64-box words and the
 one-program sweep of NMS, the box chunks of ``fcos_assign`` (a tie across two chunks),
-the per-program partial sums of the GIoU reduction, the chunked top list of
+the per-program partial sums of the GIoU reduction, the chunks and segments of
 ``per_class_topk`` and its sort-based path for huge ``k``, unvalidated input, and that
 nothing but the output sizing synchronises with the host.
 
@@ -338,8 +338,9 @@ def test_per_class_topk_random(device, seed, n, c, k, thresh, ties, dtype):
 def _topk_edge_cases():
     scores = _topk_scores(0, 40, 3, ties=True)
     signed_zeros = torch.tensor([[0.0, -0.0], [-0.0, 0.0], [0.0, 0.0], [-0.0, -0.0]])
-    late_best = torch.zeros(600, 2)
-    late_best[590] = 1.0  # the best point in the last chunk
+    # 1100 points, k small: chunks of 256, segments of 1024 points, two segments merged.
+    late_best = torch.zeros(1100, 2)
+    late_best[1090] = 1.0  # the best point in the last chunk of the last segment
     late_best[5] = 0.5
     return {
         "k_one": (scores, 1, 0.1),
@@ -350,8 +351,9 @@ def _topk_edge_cases():
         "nan_and_inf": (torch.tensor([[float("nan"), float("inf")], [float("-inf"), 0.5],
                                       [0.7, float("nan")], [float("inf"), -float("inf")]]),
                         3, float("-inf")),
-        "best_in_last_chunk": (late_best, 2, 0.0),
-        "all_tied_across_chunks": (torch.full((700, 2), 0.25), 3, 0.0),
+        "best_in_last_segment": (late_best, 2, 0.0),
+        "all_tied_across_segments": (torch.full((1100, 2), 0.25), 3, 0.0),
+        "ties_across_segments": (_topk_scores(1, 1100, 2, ties=True), 40, 0.3),
     }
 
 
