@@ -13,8 +13,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from fcos_fast.ops.fcos_assign import fcos_assign_fake
 from fcos_fast.kernels._common import NAN, load_boxes, next_power_of_2, register
+from fcos_fast.ops.fcos_assign import fcos_assign_fake
 
 __all__ = ["fcos_assign"]
 
@@ -49,8 +49,8 @@ def _fcos_assign_kernel(
         g_ok = g < num_gt
         x1, y1, x2, y2 = load_boxes(image_boxes, g, g_ok)
         x1, y1, x2, y2 = x1[None, :], y1[None, :], x2[None, :], y2[None, :]
-        # The reference's arithmetic, operation for operation; (x1 + x2) * 0.5 equals
-        # (x1 + x2) / 2 exactly, and an FMA of it with x is exact too.
+        # The reference's arithmetic, operation for operation. (x1 + x2) * 0.5 is exactly
+        # (x1 + x2) / 2, and being exact, contracting it into an FMA with x changes nothing.
         center_x = (x1 + x2) * 0.5
         center_y = (y1 + y2) * 0.5
         left = x - x1

@@ -24,6 +24,7 @@ from fcos_fast.ops.giou_loss import (giou_loss_backward_fake, giou_loss_fake,
 
 __all__ = ["giou_loss"]
 
+# The kernels' REDUCTION constexpr: 0 none, 1 mean, 2 sum.
 _NONE, _MEAN, _SUM = 0, 1, 2
 _REDUCTION_CODES = {"none": _NONE, "mean": _MEAN, "sum": _SUM}
 
@@ -165,15 +166,16 @@ def _giou_loss_backward_kernel(grad_out_ptr, pred_ptr, target_ptr, eps_ptr,
 # 4-8 bytes or 64 bytes out per pair) and memory-bound: 1024 pairs per program at 8 warps
 # is 4 pairs per thread, enough loads in flight, within ~145 registers for the backward
 # (sm_90, ptxas -v; 4 warps would need ~230), and FCOS's ~10^5 positive pairs per batch
-# still fill every SM. Small inputs use one program of the next power of two (no idle
-# lanes, no second partial to add).
+# still fill every SM. Small inputs use one program of the next power of two, with fewer
+# warps (no idle lanes, no second partial to add).
 _MAX_BLOCK = 1024
-_NUM_WARPS = 8
 _SUM_BLOCK = 1024  # partial sums per step of the one-program reduction
 
 
-def _block_size(num_boxes: int) -> int:
-    return min(_MAX_BLOCK, max(16, next_power_of_2(num_boxes)))
+def _launch_config(num_boxes: int) -> tuple[int, int]:
+    """``(BLOCK, num_warps)``: 4 pairs per thread, one warp at the least."""
+    block = min(_MAX_BLOCK, max(16, next_power_of_2(num_boxes)))
+    return block, max(1, block // 128)
 
 
 @torch.library.triton_op("fcos_fast::giou_loss_triton", mutates_args=())
@@ -184,18 +186,17 @@ def _giou_loss_triton(pred: torch.Tensor, target: torch.Tensor, reduction: str,
     if num_boxes == 0:
         # torchvision: the loss of nothing is empty, and its sum and its mean are 0.
         return pred.new_zeros((0,) if code == _NONE else ())
-    block = _block_size(num_boxes)
+    block, num_warps = _launch_config(num_boxes)
     num_programs = triton.cdiv(num_boxes, block)
-    eps_t = scalar_tensor(eps, pred)
     out = pred.new_empty((num_boxes,) if code == _NONE else (num_programs,))
     wrap_triton(_giou_loss_forward_kernel)[(num_programs,)](
-        pred, target, eps_t, out, num_boxes, REDUCTION=code, BLOCK=block, num_warps=_NUM_WARPS)
+        pred, target, scalar_tensor(eps, pred), out, num_boxes, REDUCTION=code, BLOCK=block,
+        num_warps=num_warps)
     if code == _NONE:
         return out
     total = pred.new_empty(())
     wrap_triton(_sum_partials_kernel)[(1,)](
-        out, total, num_programs, num_boxes, REDUCTION=code, BLOCK=_SUM_BLOCK,
-        num_warps=_NUM_WARPS)
+        out, total, num_programs, num_boxes, REDUCTION=code, BLOCK=_SUM_BLOCK, num_warps=4)
     return total
 
 
@@ -209,11 +210,10 @@ def _giou_loss_backward_triton(grad_output: torch.Tensor, pred: torch.Tensor,
     grad_target = torch.empty_like(target)
     if num_boxes == 0:
         return grad_pred, grad_target
-    block = _block_size(num_boxes)
-    grad_output = grad_output.to(pred.dtype)
+    block, num_warps = _launch_config(num_boxes)
     wrap_triton(_giou_loss_backward_kernel)[(triton.cdiv(num_boxes, block),)](
-        grad_output, pred, target, scalar_tensor(eps, pred), grad_pred, grad_target,
-        num_boxes, REDUCTION=code, BLOCK=block, num_warps=_NUM_WARPS)
+        grad_output.to(pred.dtype), pred, target, scalar_tensor(eps, pred), grad_pred,
+        grad_target, num_boxes, REDUCTION=code, BLOCK=block, num_warps=num_warps)
     return grad_pred, grad_target
 
 
