@@ -1,13 +1,14 @@
 """FCOS inference: head outputs to detections.
 
 The score of a (point, class) pair is ``sqrt(sigmoid(cls_logit) * sigmoid(centerness))``.
-Candidates above ``score_thresh`` are chosen by ``ops.per_class_topk`` in one of two
-schemes, decoded, clipped to the image, and reduced by class-aware ``ops.batched_nms``:
+Candidates above ``score_thresh`` are chosen in one of two schemes, decoded, clipped to
+the image, and reduced by class-aware ``ops.batched_nms``:
 
-* ``"per_class"``: the best ``k`` points of every class over the whole image, so that a
-  rare class is not crowded out of the candidate list by a frequent one.
+* ``"per_class"``: the best ``k`` points of every class over the whole image
+  (``ops.per_class_topk``), so that a rare class is not crowded out of the candidate
+  list by a frequent one.
 * ``"per_level"``: the best ``k`` (point, class) pairs of every pyramid level, all classes
-  competing (torchvision's ``FCOS.postprocess_detections``).
+  competing (torchvision's ``FCOS.postprocess_detections``; ``torch.topk``).
 
 The whole batch goes through each op in one call: images become extra columns of the
 score matrix given to ``ops.per_class_topk``, and extra categories for
@@ -61,8 +62,12 @@ def candidates_per_class(scores: Tensor, k: int, score_thresh: float, *,
 
 
 def candidates_per_level(scores: Tensor, num_per_level: list[int], k: int,
-                         score_thresh: float, *, backend: str | None = None) -> Candidates:
+                         score_thresh: float) -> Candidates:
     """The up-to-``k`` best (point, class) pairs of every (image, level) above threshold.
+
+    One ``torch.topk`` per level serves the whole batch: each image is one long row of
+    ``points * classes`` scores, the shape ``torch.topk`` is built for (whereas
+    ``ops.per_class_topk`` is built for many class columns of moderate length).
 
     Args:
         scores: ``[B, P, C]`` detection scores, levels concatenated along ``P``.
@@ -75,12 +80,15 @@ def candidates_per_level(scores: Tensor, num_per_level: list[int], k: int,
     found: list[Candidates] = []
     for level_scores, start in zip(scores.split(num_per_level, dim=1),
                                    _starts(num_per_level)):
-        # Column b holds every (point, class) pair of the level for image b, flattened as
-        # point * C + class; per-"class" top-k over these columns is per-image top-k.
-        columns = level_scores.reshape(batch_size, -1).t()
-        top_scores, pair, image = ops.per_class_topk(columns, k, score_thresh,
-                                                     backend=backend)
-        found.append(Candidates(top_scores, image, start + pair // num_classes,
+        pairs = level_scores.reshape(batch_size, -1)  # [B, n * C], pair = point * C + class
+        # Non-candidates (and NaN) become -inf so that they take a top-k slot only when
+        # there are fewer than k candidates; the mask below then drops them.
+        pairs = torch.where(pairs > score_thresh, pairs, float("-inf"))
+        top_scores, pair = pairs.topk(min(k, pairs.shape[1]), dim=1)  # [B, k]
+        keep = top_scores > score_thresh
+        image = torch.arange(batch_size, device=scores.device)[:, None].expand_as(pair)
+        pair = pair[keep]
+        found.append(Candidates(top_scores[keep], image[keep], start + pair // num_classes,
                                 pair % num_classes))
     return Candidates(*(torch.cat(parts) for parts in zip(*found)))
 
@@ -123,7 +131,7 @@ def postprocess_detections(outputs: HeadOutputs, points: Points,
         found = candidates_per_class(scores, topk_candidates, score_thresh, backend=backend)
     else:
         found = candidates_per_level(scores, points.num_per_level, topk_candidates,
-                                     score_thresh, backend=backend)
+                                     score_thresh)
 
     boxes = decode_boxes(points.xy[found.point], points.stride[found.point],
                          outputs.box_regression[found.image, found.point].float())
