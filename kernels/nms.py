@@ -9,8 +9,9 @@ first), then two kernels run, and nothing but the final indices leaves the devic
    Tiles left of the diagonal are never read and never computed.
 2. ``_nms_sweep_kernel``: one program walks the mask in sorted order, 64 boxes per
    step, keeping the "removed" bitset in registers. Within a step the greedy decision
-   is sequential (a box can only be suppressed by a kept box); the rows of the kept
-   boxes are then OR-ed into the bitset as whole vectors.
+   is sequential (a box can only be suppressed by a kept box), unless no box of the
+   step suppresses another; the rows of the kept boxes are then OR-ed into the bitset
+   as whole vectors.
 
 The output size is known only after the sweep: the launcher's boolean indexing is the
 one host-device synchronisation, at the very end. The IoU is computed as the reference
@@ -82,38 +83,49 @@ def _nms_sweep_kernel(mask_ptr, keep_ptr, num_boxes, num_words,
     removed = tl.zeros([WORDS], tl.int64)
     for w in range(0, num_words):
         current = tl.sum(tl.where(words == w, removed, 0))
-        kept = tl.zeros([], tl.int64)
-        # Greedy within the block. The diagonal words do not depend on the decisions, so
-        # the unrolled loop's loads can all be in flight at once; only the bit logic is
-        # sequential.
-        for b in tl.static_range(WORD):
-            i = w * WORD + b
-            diagonal = tl.load(mask_ptr + tl.cast(i, tl.int64) * num_words + w,
-                               mask=i < num_boxes, other=0)
-            keep_i = (i < num_boxes) & (((current >> b) & 1) == 0)
-            current = tl.where(keep_i, current | diagonal, current)
-            kept = tl.where(keep_i, kept | (one << b), kept)
         block = w * WORD + bit
-        tl.store(keep_ptr + block, ((kept >> bit.to(tl.int64)) & 1) != 0, mask=block < num_boxes)
-        # The kept boxes' rows, from the next word on, join the removed set. A loop, not
-        # unrolled: unrolled, all 64 row loads would be hoisted and spill.
+        in_range = block < num_boxes
+        present = tl.sum(tl.where(in_range, one << bit.to(tl.int64), 0))
+        # The block's diagonal words: which of its boxes each would suppress.
+        diagonal = tl.load(mask_ptr + block.to(tl.int64) * num_words + w, mask=in_range,
+                           other=0)
+        if tl.max(diagonal) == 0 and tl.min(diagonal) == 0:
+            # No box of the block suppresses another: all those not removed are kept.
+            kept = present & ~current
+        else:
+            # Greedy, box by box. The vector load above brought the words on chip; the
+            # scalar loads here hit L1 and do not wait on the decisions.
+            kept = tl.zeros([], tl.int64)
+            for b in tl.static_range(WORD):
+                i = w * WORD + b
+                word = tl.load(mask_ptr + tl.cast(i, tl.int64) * num_words + w,
+                               mask=i < num_boxes, other=0)
+                keep_i = (i < num_boxes) & (((current >> b) & 1) == 0)
+                current = tl.where(keep_i, current | word, current)
+                kept = tl.where(keep_i, kept | (one << b), kept)
+        tl.store(keep_ptr + block, ((kept >> bit.to(tl.int64)) & 1) != 0, mask=in_range)
+        # The kept boxes' rows, from the next word on, join the removed set: 8 rows at a
+        # time, so that 8 loads are in flight (unrolling all 64 spills registers).
         later = (words > w) & (words < num_words)
-        for b in range(WORD):
-            row = tl.load(mask_ptr + tl.cast(w * WORD + b, tl.int64) * num_words + words,
-                          mask=later & (((kept >> b) & 1) != 0), other=0)
-            removed = removed | row
+        for first in range(0, WORD, 8):
+            for step in tl.static_range(8):
+                r = first + step
+                row = tl.load(mask_ptr + tl.cast(w * WORD + r, tl.int64) * num_words + words,
+                              mask=later & (((kept >> r) & 1) != 0), other=0)
+                removed = removed | row
 
 
 def _sweep_warps(num_words: int) -> int:
     """Warps of the single sweep program: about 4 words of the removed set per thread.
 
     The sweep is latency-bound: per 64 boxes it extracts one word of the removed set (a
-    reduction across the program) and ORs up to 64 rows of ``num_words`` words into it.
-    More warps shorten the row ORs but make every reduction dearer, so they grow only
-    with the rows: 1 warp up to 128 words (8192 boxes), 8 at 1024 words and beyond
-    (checked with ``ptxas -v`` for sm_90: ~48-64 registers, no spills).
+    reduction across the program) and ORs up to 64 rows of ``num_words`` words into it,
+    8 row loads in flight. More warps shorten the row ORs but make every reduction
+    dearer, so they grow only with the rows: 1 warp up to 128 words (8192 boxes), 8 at
+    1024 words; 4 words per thread and 8 loads in flight stay within ~80-160 registers
+    for sm_90 (ptxas -v) without spills, up to 2048 words (131k boxes, a 2 GB mask).
     """
-    return min(8, max(1, num_words // 128))
+    return min(32, max(1, num_words // 128))
 
 
 def nms_keep_mask(boxes: torch.Tensor, scores: torch.Tensor, categories: torch.Tensor | None,
