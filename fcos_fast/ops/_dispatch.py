@@ -42,6 +42,9 @@ class Backend:
 
     name: str
 
+    def load(self) -> None:
+        """Resolve what this backend can run, once, at import."""
+
     def not_supported_reasons(self, op: str, device: torch.device) -> list[str]:
         """Why this backend cannot run ``op`` on ``device`` (empty when it can)."""
         raise NotImplementedError
@@ -71,12 +74,21 @@ class ReferenceBackend(Backend):
 class NativeBackend(Backend):
     name = "native"
 
+    def __init__(self):
+        self._kernels: dict[tuple[str, str], bool] = {}
+
+    def load(self):
+        """Ask the dispatcher once which kernels this build has (not traceable per call)."""
+        for op in OP_NAMES:
+            for device_type in ("cpu", "cuda"):
+                self._kernels[(op, device_type)] = _extension.native_has_kernel(op, device_type)
+
     def not_supported_reasons(self, op, device):
         if not _extension.NATIVE_AVAILABLE:
             return [_extension.NATIVE_ERROR or "the extension fcos_fast._C is not built"]
         if device.type not in ("cpu", "cuda"):
             return [f"no native kernel for device type {device.type!r}"]
-        if not _extension.native_has_kernel(op, device.type):
+        if not self._kernels.get((op, device.type), False):
             return [
                 f"fcos_fast._C was built without {device.type.upper()} kernels for {op!r} "
                 "(rebuild with a CUDA toolkit and a CUDA build of torch)"
@@ -134,8 +146,8 @@ BACKENDS: dict[str, Backend] = {
 
 def load_implementations() -> None:
     """Resolve every backend's functions once, after the op modules are imported."""
-    BACKENDS["reference"].load()
-    BACKENDS["triton"].load()
+    for backend in BACKENDS.values():
+        backend.load()
 
 
 def _module_of(op: str) -> str:
