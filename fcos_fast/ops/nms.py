@@ -1,6 +1,9 @@
 """Class-agnostic and class-aware greedy non-maximum suppression.
 
 Same indices, in the same order, as ``torchvision.ops.nms`` / ``batched_nms``.
+The output size depends on the data: under ``torch.compile`` set
+``torch._dynamo.config.capture_dynamic_output_shape_ops = True`` to keep it in the graph.
+
 Backends: ``reference/nms.py`` (PyTorch), ``csrc/ops/cpu/nms_kernel.cpp`` and
 ``csrc/ops/cuda/nms_kernel.cu`` (native), ``kernels/nms.py`` (Triton).
 """

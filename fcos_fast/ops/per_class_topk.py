@@ -1,5 +1,8 @@
 """Per-class score threshold and top-k: the candidate selection of FCOS inference.
 
+The output size depends on the data: under ``torch.compile`` set
+``torch._dynamo.config.capture_dynamic_output_shape_ops = True`` to keep it in the graph.
+
 Backends: ``reference/per_class_topk.py`` (PyTorch, one sort for all classes),
 ``csrc/ops/cpu/per_class_topk_kernel.cpp`` and ``csrc/ops/cuda/per_class_topk_kernel.cu``
 (native), ``kernels/per_class_topk.py`` (Triton).
