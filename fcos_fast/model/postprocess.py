@@ -78,8 +78,8 @@ def candidates_per_level(scores: Tensor, num_per_level: list[int], k: int,
     """
     batch_size, _, num_classes = scores.shape
     found: list[Candidates] = []
-    for level_scores, start in zip(scores.split(num_per_level, dim=1),
-                                   _starts(num_per_level)):
+    start = 0  # index of the level's first point
+    for level_scores in scores.split(num_per_level, dim=1):
         pairs = level_scores.reshape(batch_size, -1)  # [B, n * C], pair = point * C + class
         # Non-candidates (and NaN) become -inf so that they take a top-k slot only when
         # there are fewer than k candidates; the mask below then drops them.
@@ -90,16 +90,8 @@ def candidates_per_level(scores: Tensor, num_per_level: list[int], k: int,
         pair = pair[keep]
         found.append(Candidates(top_scores[keep], image[keep], start + pair // num_classes,
                                 pair % num_classes))
+        start += level_scores.shape[1]
     return Candidates(*(torch.cat(parts) for parts in zip(*found)))
-
-
-def _starts(counts: list[int]) -> list[int]:
-    """Offsets of consecutive blocks of the given sizes."""
-    starts, total = [], 0
-    for count in counts:
-        starts.append(total)
-        total += count
-    return starts
 
 
 def postprocess_detections(outputs: HeadOutputs, points: Points,

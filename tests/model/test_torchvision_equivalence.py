@@ -198,3 +198,33 @@ def test_the_converted_model_shares_no_tensors():
 def test_rejects_other_models():
     with pytest.raises(TypeError, match="torchvision.models.detection.FCOS"):
         from_torchvision(torch.nn.Linear(2, 2))
+
+
+class _TinyPyramid(torch.nn.Module):
+    """A non-ResNet backbone: five stride-2 steps after a stride-8 stem, 32 channels."""
+
+    out_channels = 32
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 32, kernel_size=8, stride=8)
+        self.downs = torch.nn.ModuleList(
+            torch.nn.Conv2d(32, 32, kernel_size=3, stride=2, padding=1) for _ in range(4))
+
+    def forward(self, x):
+        levels = [torch.relu(self.stem(x))]
+        for down in self.downs:
+            levels.append(torch.relu(down(levels[-1])))
+        return dict(zip("abcde", levels))
+
+
+def test_a_backbone_that_is_not_a_resnet_fpn_is_copied():
+    torch.manual_seed(0)
+    tv_model = torchvision.models.detection.FCOS(_TinyPyramid(), 3, min_size=96, max_size=128)
+    model = from_torchvision(tv_model)
+    assert isinstance(model.backbone, _TinyPyramid) and model.backbone is not tv_model.backbone
+
+    images, targets = random_batch(torch.Generator().manual_seed(0), 3, num_images=2)
+    theirs, ours = tv_model(images, targets), model(images, targets)
+    for tv_name, name in LOSS_NAMES.items():
+        assert_close(ours[name], theirs[tv_name], rtol=1e-4, atol=0, msg=name)
