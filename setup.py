@@ -77,7 +77,11 @@ def _extensions():
         and bool(cuda_sources)
     )
     define_macros = [("TORCH_EXTENSION_NAME", "_C")]
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # No FMA contraction: the kernels reproduce PyTorch's arithmetic bit for bit
+    # (csrc/ops/box_math.h), and a fused a*b+c rounds once where PyTorch rounds twice.
+    # -fno-trapping-math changes no result (FP exceptions are never observed); it lets
+    # GCC if-convert and vectorise the branch-free box math, ~4x on giou_loss backward.
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
     extra_link = ["-fopenmp"]
     include_dirs = [str(CSRC)]
 
@@ -99,7 +103,8 @@ def _extensions():
             define_macros=define_macros,
             extra_compile_args={
                 "cxx": cxx_flags,
-                "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"],
+                "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo",
+                         "--fmad=false"],
             },
             extra_link_args=extra_link,
         )
