@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "ops/box_math.h"
+#include "ops/checks.h"
 
 namespace fcos_fast {
 namespace ops {
@@ -160,28 +161,9 @@ void fcos_assign_cpu_impl(const at::Tensor& points, const at::Tensor& lower,
 at::Tensor fcos_assign_cpu(const at::Tensor& points, const at::Tensor& lower,
                            const at::Tensor& upper, const at::Tensor& radius,
                            const at::Tensor& gt_boxes, const at::Tensor& num_gt) {
-  TORCH_CHECK(points.dim() == 2 && points.size(1) == 2, "points must be [P, 2], got ",
-              points.sizes());
-  TORCH_CHECK(gt_boxes.dim() == 3 && gt_boxes.size(2) == 4, "gt_boxes must be [B, G, 4], got ",
-              gt_boxes.sizes());
+  checks::fcos_assign_inputs(c10::DeviceType::CPU, points, lower, upper, radius, gt_boxes,
+                             num_gt);
   const int64_t num_points = points.size(0);
-  for (const auto* t : {&lower, &upper, &radius}) {
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == num_points,
-                "lower, upper and radius must be [P] with P = points.size(0) = ", num_points,
-                ", got ", t->sizes());
-  }
-  TORCH_CHECK(num_gt.dim() == 1 && num_gt.size(0) == gt_boxes.size(0),
-              "num_gt must be [B] with B = gt_boxes.size(0), got ", num_gt.sizes());
-  TORCH_CHECK(num_gt.scalar_type() == at::kLong, "num_gt must be int64, got ",
-              num_gt.scalar_type());
-  for (const auto* t : {&lower, &upper, &radius, &gt_boxes}) {
-    TORCH_CHECK(t->scalar_type() == points.scalar_type(),
-                "points, lower, upper, radius and gt_boxes must share one dtype");
-  }
-  for (const auto* t : {&points, &lower, &upper, &radius, &gt_boxes, &num_gt}) {
-    TORCH_CHECK(t->device().is_cpu(), "fcos_assign (CPU): every input must be a CPU tensor");
-  }
-
   at::Tensor matched = at::empty({gt_boxes.size(0), num_points}, points.options().dtype(at::kLong));
   if (matched.numel() == 0) return matched;
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "fcos_assign_cpu", [&] {

@@ -15,10 +15,10 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include <string>
 #include <vector>
 
 #include "ops/box_math.h"
+#include "ops/checks.h"
 
 namespace fcos_fast {
 namespace ops {
@@ -30,24 +30,7 @@ using box_math::Box;
 // Pairs per task and per partial sum.
 constexpr int64_t kChunk = 4096;
 
-enum class Reduction { kNone, kMean, kSum };
-
-Reduction parse_reduction(const std::string& reduction) {
-  if (reduction == "none") return Reduction::kNone;
-  if (reduction == "mean") return Reduction::kMean;
-  TORCH_CHECK(reduction == "sum", "reduction must be 'none', 'mean' or 'sum', got '",
-              reduction, "'");
-  return Reduction::kSum;
-}
-
-void check_pair(const at::Tensor& pred, const at::Tensor& target) {
-  TORCH_CHECK(pred.dim() == 2 && pred.size(1) == 4, "pred must be [N, 4], got ", pred.sizes());
-  TORCH_CHECK(target.sizes() == pred.sizes(), "target must have pred's shape ", pred.sizes(),
-              ", got ", target.sizes());
-  TORCH_CHECK(target.scalar_type() == pred.scalar_type(), "pred and target must share a dtype");
-  TORCH_CHECK(pred.device().is_cpu() && target.device().is_cpu(),
-              "giou_loss (CPU): pred and target must be CPU tensors");
-}
+using checks::Reduction;
 
 template <typename scalar_t>
 Box<scalar_t> load_box(const scalar_t* data, int64_t i) {
@@ -80,8 +63,8 @@ void backward_pairs(const scalar_t* p, const scalar_t* t, scalar_t eps, int64_t 
 
 at::Tensor giou_loss_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
                          c10::string_view reduction_name, double eps) {
-  check_pair(pred_in, target_in);
-  const Reduction reduction = parse_reduction(std::string(reduction_name));
+  checks::giou_pair(c10::DeviceType::CPU, pred_in, target_in);
+  const Reduction reduction = checks::parse_reduction(reduction_name);
   const at::Tensor pred = pred_in.contiguous(), target = target_in.contiguous();
   const int64_t n = pred.size(0);
   at::Tensor loss = at::empty(reduction == Reduction::kNone ? at::IntArrayRef{n}
@@ -132,17 +115,10 @@ std::tuple<at::Tensor, at::Tensor> giou_loss_backward_cpu(const at::Tensor& grad
                                                           const at::Tensor& target_in,
                                                           c10::string_view reduction_name,
                                                           double eps) {
-  check_pair(pred_in, target_in);
-  const Reduction reduction = parse_reduction(std::string(reduction_name));
+  checks::giou_pair(c10::DeviceType::CPU, pred_in, target_in);
+  const Reduction reduction = checks::parse_reduction(reduction_name);
   const int64_t n = pred_in.size(0);
-  if (reduction == Reduction::kNone) {
-    TORCH_CHECK(grad_output_in.dim() == 1 && grad_output_in.size(0) == n,
-                "grad_output must be [N] for reduction='none', got ", grad_output_in.sizes());
-  } else {
-    TORCH_CHECK(grad_output_in.numel() == 1, "grad_output must be a scalar for reduction='",
-                std::string(reduction_name), "', got ", grad_output_in.sizes());
-  }
-  TORCH_CHECK(grad_output_in.device().is_cpu(), "grad_output must be a CPU tensor");
+  checks::giou_grad_output(c10::DeviceType::CPU, grad_output_in, pred_in, reduction);
   const at::Tensor pred = pred_in.contiguous(), target = target_in.contiguous();
   const at::Tensor grad_output = grad_output_in.to(pred.scalar_type()).contiguous();
   at::Tensor grad_pred = at::empty_like(pred), grad_target = at::empty_like(target);

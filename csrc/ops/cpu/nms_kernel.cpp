@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "ops/box_math.h"
+#include "ops/checks.h"
 #include "ops/cpu/sort_keys.h"
 
 namespace fcos_fast {
@@ -85,16 +86,6 @@ void sweep(const SortedBoxes<scalar_t>& s, int64_t begin, int64_t end, scalar_t 
   }
 }
 
-void check_boxes_scores(const at::Tensor& boxes, const at::Tensor& scores) {
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must be [N, 4], got ",
-              boxes.sizes());
-  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0),
-              "scores must be [N] with N = boxes.size(0), got ", scores.sizes());
-  TORCH_CHECK(scores.scalar_type() == boxes.scalar_type(), "boxes and scores must share a dtype");
-  TORCH_CHECK(boxes.device().is_cpu() && scores.device().is_cpu(),
-              "nms (CPU): boxes and scores must be CPU tensors");
-}
-
 at::Tensor to_tensor(const std::vector<int64_t>& keep, const at::Tensor& like) {
   at::Tensor out = at::empty({static_cast<int64_t>(keep.size())}, like.options().dtype(at::kLong));
   if (!keep.empty()) {
@@ -105,7 +96,7 @@ at::Tensor to_tensor(const std::vector<int64_t>& keep, const at::Tensor& like) {
 
 at::Tensor nms_cpu(const at::Tensor& boxes_in, const at::Tensor& scores_in,
                    double iou_threshold) {
-  check_boxes_scores(boxes_in, scores_in);
+  checks::nms_inputs(c10::DeviceType::CPU, boxes_in, scores_in);
   const at::Tensor boxes = boxes_in.contiguous(), scores = scores_in.contiguous();
   const int64_t n = boxes.size(0);
   std::vector<int64_t> keep;
@@ -122,12 +113,7 @@ at::Tensor nms_cpu(const at::Tensor& boxes_in, const at::Tensor& scores_in,
 
 at::Tensor batched_nms_cpu(const at::Tensor& boxes_in, const at::Tensor& scores_in,
                            const at::Tensor& idxs_in, double iou_threshold) {
-  check_boxes_scores(boxes_in, scores_in);
-  TORCH_CHECK(idxs_in.dim() == 1 && idxs_in.size(0) == boxes_in.size(0),
-              "idxs must be [N] with N = boxes.size(0), got ", idxs_in.sizes());
-  TORCH_CHECK(idxs_in.scalar_type() == at::kLong, "idxs must be int64, got ",
-              idxs_in.scalar_type());
-  TORCH_CHECK(idxs_in.device().is_cpu(), "batched_nms (CPU): idxs must be a CPU tensor");
+  checks::nms_inputs(c10::DeviceType::CPU, boxes_in, scores_in, &idxs_in);
   const at::Tensor boxes = boxes_in.contiguous(), scores = scores_in.contiguous();
   const at::Tensor idxs = idxs_in.contiguous();
   const int64_t n = boxes.size(0);

@@ -20,6 +20,7 @@
 #include <limits>
 #include <vector>
 
+#include "ops/checks.h"
 #include "ops/cpu/sort_keys.h"
 
 namespace fcos_fast {
@@ -103,9 +104,7 @@ void select_classes(const scalar_t* scores, int64_t num_points, int64_t num_clas
 std::tuple<at::Tensor, at::Tensor, at::Tensor> per_class_topk_cpu(const at::Tensor& scores_in,
                                                                   int64_t k,
                                                                   double score_thresh) {
-  TORCH_CHECK(scores_in.dim() == 2, "scores must be [N, C], got ", scores_in.sizes());
-  TORCH_CHECK(k >= 0, "k must be >= 0, got ", k);
-  TORCH_CHECK(scores_in.device().is_cpu(), "per_class_topk (CPU): scores must be a CPU tensor");
+  checks::per_class_topk_inputs(c10::DeviceType::CPU, scores_in, k);
   const at::Tensor scores = scores_in.contiguous();
   const int64_t num_points = scores.size(0), num_classes = scores.size(1);
   TORCH_CHECK(num_points <= std::numeric_limits<uint32_t>::max(),
