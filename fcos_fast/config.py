@@ -1,0 +1,261 @@
+"""Experiment configuration as plain data: nested dataclasses, loaded from YAML.
+
+A config file names only what it changes from the defaults below; an unknown key is an
+error (a typo must not silently fall back to a default). Values can also be overridden on
+the command line as ``section.key=value`` (the value is parsed as YAML), e.g.
+``python -m fcos_fast.train --set solver.max_iters=200 model.backend=reference``.
+
+The op backend of ``fcos_fast.ops`` is one field, ``model.backend``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: The config ``python -m fcos_fast.train`` runs when given none.
+DEFAULT_CONFIG = "synthetic.yaml"
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in synthetic shapes dataset (see ``fcos_fast.data.synthetic``)."""
+
+    num_train: int = 2000
+    num_val: int = 300
+    image_size: int = 192
+    shapes: list[str] = field(default_factory=lambda: ["circle", "square", "triangle"])
+    min_objects: int = 1
+    max_objects: int = 6
+    #: Object size (longer side of its box) as a fraction of the image side.
+    min_scale: float = 0.1
+    max_scale: float = 0.5
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where it is, and how its images are loaded.
+
+    ``root`` is the dataset folder: for ``coco`` the folder holding ``annotations/``,
+    ``train2017/`` and ``val2017/``; for ``voc`` the ``VOCdevkit`` folder (or its
+    parent); for ``synthetic`` the cache folder it is generated into (default
+    ``$FCOS_FAST_CACHE`` or ``~/.cache/fcos_fast``, then ``synthetic/<hash>``).
+    """
+
+    dataset: str = "synthetic"  # synthetic | coco | voc
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    #: Open every image header when the dataset is built, so that a corrupt file is
+    #: reported before training starts rather than when it is first read.
+    verify_images: bool = False
+    #: Train on VOC objects marked ``difficult`` (they are never scored in evaluation).
+    use_difficult: bool = False
+    #: Leave training images without any (non-crowd) object out.
+    filter_empty: bool = False
+    num_workers: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class InputConfig:
+    """Resizing and augmentation.
+
+    Training images are resized by the data pipeline: the shorter side to one of
+    ``min_size_train`` (drawn per image), the longer side at most ``max_size_train``, then
+    flipped horizontally with probability ``hflip_prob``. For evaluation the model
+    resizes (shorter side ``min_size_test``, longer at most ``max_size_test``) and maps
+    its detections back to the original image.
+    """
+
+    min_size_train: list[int] = field(default_factory=lambda: [800])
+    max_size_train: int = 1333
+    min_size_test: int = 800
+    max_size_test: int = 1333
+    hflip_prob: float = 0.5
+
+
+@dataclass
+class ModelConfig:
+    """``fcos_fast.model.FCOS`` settings (the number of classes comes from the data)."""
+
+    backbone: str = "resnet50"
+    #: A torchvision ResNet ``state_dict`` file (e.g. ImageNet weights); None: random init.
+    backbone_weights: str | None = None
+    trainable_backbone_layers: int | None = None
+    fpn_channels: int = 256
+    num_convs: int = 4
+    center_sampling_radius: float = 1.5
+    centerness_weight: float = 2.0
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.6
+    topk_candidates: int = 1000
+    detections_per_img: int = 100
+    candidates: str = "per_class"  # per_class | per_level
+    #: ``fcos_fast.ops`` backend: None (automatic), "reference", "native" or "triton".
+    backend: str | None = None
+    #: Convert BatchNorm to SyncBatchNorm when training on several processes.
+    sync_bn: bool = False
+
+
+@dataclass
+class SolverConfig:
+    """Optimisation: SGD with momentum, linear warm-up, then a cosine or step schedule.
+
+    ``batch_size`` is the total over all processes. ``max_minutes`` bounds the wall time
+    of the whole ``train`` command (data preparation and the final evaluation included):
+    the schedule is shortened, never lengthened, so that training and the evaluation
+    after it fit (see ``fcos_fast.engine.hooks.TimeBudget``).
+    """
+
+    batch_size: int = 16
+    base_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_iters: int = 90000
+    lr_schedule: str = "step"  # step | cosine
+    steps: list[int] = field(default_factory=lambda: [60000, 80000])
+    gamma: float = 0.1
+    warmup_iters: int = 500
+    warmup_factor: float = 1.0 / 3
+    #: Gradient clipping: maximum total L2 norm; None turns it off.
+    clip_grad_norm: float | None = None
+    #: Mixed precision (float16 autocast and a gradient scaler); used only on CUDA.
+    amp: bool = True
+    max_minutes: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Everything around the optimisation: device, seeds, periods."""
+
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    log_period: int = 20
+    checkpoint_period: int = 1000
+    #: Evaluate every this many iterations (0: only at the end).
+    eval_period: int = 0
+    eval_batch_size: int = 8
+    #: torch intra-op threads (0: torch's default).
+    num_threads: int = 0
+
+
+@dataclass
+class Config:
+    """A whole experiment."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def from_dict(data: dict[str, Any] | None, cls: type = Config, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from nested plain data, checking keys and value types."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; known: {sorted(names)}")
+    values = {name: _convert(value, hints[name], f"{where}.{name}")
+              for name, value in data.items()}
+    return cls(**values)
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(value, hint, where)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return _convert(value, inner, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            value = [value]  # a single value where a list is expected
+        return [_convert(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint)
+                                                and not (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated recursively with ``update`` (new dicts; inputs untouched)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["solver.base_lr=0.02", ...]`` -> ``{"solver": {"base_lr": 0.02}}``."""
+    result: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(text)
+    return result
+
+
+def config_path(name_or_path: str | os.PathLike) -> Path:
+    """A config file: a path, or the name of one shipped in ``fcos_fast/configs``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = resources.files("fcos_fast") / "configs" / path.name
+    if packaged.is_file():
+        return Path(str(packaged))
+    shipped = sorted(p.name for p in (resources.files("fcos_fast") / "configs").iterdir()
+                     if p.name.endswith(".yaml"))
+    raise FileNotFoundError(f"config {str(name_or_path)!r} is neither a file nor one of the "
+                            f"shipped configs {shipped}")
+
+
+def load_config(path: str | os.PathLike | None = None,
+                overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Load a YAML config (default: the shipped synthetic one) and apply overrides."""
+    path = config_path(DEFAULT_CONFIG if path is None else path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    if overrides:
+        data = merge(data, overrides)
+    return from_dict(data, Config, where=str(path))

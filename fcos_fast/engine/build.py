@@ -1,0 +1,77 @@
+"""Model, optimizer and schedule from a config."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from fcos_fast.config import Config, from_dict
+from fcos_fast.engine.checkpoint import load_checkpoint
+from fcos_fast.engine.schedule import WarmupSchedule
+from fcos_fast.model import FCOS, resnet_fpn_backbone
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def build_model(config: Config, num_classes: int) -> FCOS:
+    """``FCOS`` as ``config.model`` describes, for ``num_classes`` classes.
+
+    Training images arrive resized and flipped by the data pipeline
+    (``fcos_fast.data.build_train_transform``), so the model's own resize is switched off
+    in training (torchvision's ``_skip_resize``); at evaluation it resizes to
+    ``input.min_size_test``/``max_size_test`` and maps detections back to the original
+    image.
+    """
+    m = config.model
+    backbone = resnet_fpn_backbone(m.backbone, weights_path=m.backbone_weights,
+                                   trainable_layers=m.trainable_backbone_layers,
+                                   out_channels=m.fpn_channels)
+    return FCOS(num_classes, backbone, min_size=config.input.min_size_test,
+                max_size=config.input.max_size_test, num_convs=m.num_convs,
+                center_sampling_radius=m.center_sampling_radius,
+                centerness_weight=m.centerness_weight, score_thresh=m.score_thresh,
+                nms_thresh=m.nms_thresh, topk_candidates=m.topk_candidates,
+                detections_per_img=m.detections_per_img, candidates=m.candidates,
+                backend=m.backend, _skip_resize=True)
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.SGD:
+    """SGD with momentum; no weight decay on normalisation layers (detectron2's default)."""
+    solver = config.solver
+    decay, no_decay = [], []
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            if parameter.requires_grad:
+                (no_decay if isinstance(module, _NORMS) else decay).append(parameter)
+    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD([group for group in groups if group["params"]], lr=solver.base_lr, momentum=solver.momentum,
+                           weight_decay=solver.weight_decay)
+
+
+def build_schedule(config: Config) -> WarmupSchedule:
+    solver = config.solver
+    return WarmupSchedule(solver.max_iters, solver.lr_schedule, steps=solver.steps,
+                          gamma=solver.gamma, warmup_iters=solver.warmup_iters,
+                          warmup_factor=solver.warmup_factor)
+
+
+def load_trained_model(checkpoint: str | os.PathLike, config: Config | None = None, *,
+                       device: torch.device | str = "cpu") -> tuple[FCOS, Config, list[str]]:
+    """The model of a training checkpoint, in eval mode, with its config and class names.
+
+    ``config`` replaces the config stored in the checkpoint (its ``model`` section must
+    describe the same network).
+    """
+    state = load_checkpoint(checkpoint)
+    if config is None:
+        config = from_dict(state["config"])
+    class_names = list(state["class_names"])
+    model = build_model(config, len(class_names))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(f"the weights in {checkpoint} do not fit the model the config "
+                         f"describes: {error}") from error
+    return model.to(device).eval(), config, class_names

@@ -1,0 +1,279 @@
+"""Hooks of the training loop: LR schedule, time budget, checkpoints, evaluation, logging.
+
+Each is a ``HookBase`` (``fcos_fast.engine.trainer``). Register them in this order —
+``LRScheduler``, ``TimeBudget``, ``PeriodicCheckpointer``, ``EvalHook``, ``MetricsWriter``
+— so that at the end of training the last checkpoint is on disk before the final
+evaluation, and the writers close last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fcos_fast.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fcos_fast.engine.distributed import (all_gather_objects, broadcast_object, get_rank,
+                                          get_world_size, is_distributed, is_main_process)
+from fcos_fast.engine.schedule import WarmupSchedule
+from fcos_fast.engine.trainer import HookBase
+
+logger = logging.getLogger(__name__)
+
+
+class LRScheduler(HookBase):
+    """Steps a ``torch.optim.lr_scheduler`` after every step."""
+
+    def __init__(self, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        self.scheduler = scheduler
+
+    def after_step(self) -> None:
+        self.scheduler.step()
+
+
+class TimeBudget(HookBase):
+    """Shortens the run so that the whole command ends within ``max_seconds``.
+
+    From the median time of the recent steps, it predicts when the remaining steps and the
+    final evaluation will end. Whenever that is past the budget, it moves ``max_iter``
+    earlier and compresses the LR schedule to end there (so a shortened run still anneals
+    its learning rate), never lengthening either. If not even one more step fits, it stops
+    the run. Rank 0 decides for every process.
+
+    Args:
+        max_seconds: budget of the whole command, counted from ``started_at``.
+        started_at: ``time.time()`` when the command started (data preparation included).
+        schedule: the LR schedule to compress.
+        eval_steps: cost of the final evaluation, in training steps (e.g. half the number
+            of validation batches: inference is about half a training step per image).
+        reserve_seconds: fixed time kept for checkpoint writing, COCOeval and exit.
+        check_period: re-plan every this many steps, after ``warmup_steps`` measured ones.
+    """
+
+    def __init__(self, max_seconds: float, started_at: float, schedule: WarmupSchedule, *,
+                 eval_steps: float = 0.0, reserve_seconds: float = 15.0, check_period: int = 10,
+                 warmup_steps: int = 5) -> None:
+        self.max_seconds, self.started_at, self.schedule = max_seconds, started_at, schedule
+        self.eval_steps, self.reserve_seconds = eval_steps, reserve_seconds
+        self.check_period, self.warmup_steps = check_period, warmup_steps
+        self._times: deque[float] = deque(maxlen=50)
+
+    def before_train(self) -> None:
+        self._last = time.perf_counter()
+
+    def after_step(self) -> None:
+        # The whole iteration (data, step, every hook) is what the remaining ones will cost.
+        now = time.perf_counter()
+        self._times.append(now - self._last)
+        self._last = now
+        trainer = self.trainer
+        done = trainer.iter - trainer.start_iter
+        if done < self.warmup_steps or done % self.check_period:
+            return
+        plan = None
+        if is_main_process():
+            step = statistics.median(self._times)
+            left = (self.max_seconds - (time.time() - self.started_at) - self.reserve_seconds
+                    - self.eval_steps * step)
+            fits = trainer.iter + math.floor(left / step)
+            if fits < trainer.max_iter:
+                plan = fits
+        plan = broadcast_object(plan)
+        if plan is None:
+            return
+        if plan <= trainer.iter:
+            logger.warning("time budget of %.1f min reached: stopping at iteration %d",
+                           self.max_seconds / 60, trainer.iter)
+            trainer.stop_requested = True
+            return
+        logger.info("time budget of %.1f min: schedule shortened from %d to %d iterations",
+                    self.max_seconds / 60, trainer.max_iter, plan)
+        trainer.max_iter = plan
+        self.schedule.shorten(plan)
+
+
+class Checkpointer:
+    """Saves and restores the whole training state (see ``fcos_fast.engine.checkpoint``).
+
+    Args:
+        model: the model (unwrapped from DDP).
+        optimizer, scheduler, scaler: their states are saved.
+        extra: plain data stored as is (config, class names, ...).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler,
+                 scaler: torch.amp.GradScaler, extra: dict[str, Any] | None = None) -> None:
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.extra = extra or {}
+
+    def save(self, path: str | Path, *, iteration: int, max_iter: int) -> None:
+        """Write the checkpoint (rank 0), with every process's RNG states. Collective."""
+        states = all_gather_objects(rng_state())
+        if is_main_process():
+            save_checkpoint({
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "iteration": iteration,
+                "max_iter": max_iter,
+                "rng": states,
+                **self.extra,
+            }, path)
+
+    def resume(self, path: str | Path) -> tuple[int, int]:
+        """Restore everything from ``path``; returns ``(iteration, max_iter)``."""
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        states = state["rng"]
+        if len(states) == get_world_size():
+            set_rng_state(states[get_rank()])
+        else:
+            logger.warning("checkpoint %s was written by %d processes, not %d: RNG states "
+                           "not restored", path, len(states), get_world_size())
+        return state["iteration"], state["max_iter"]
+
+
+class PeriodicCheckpointer(HookBase):
+    """Saves ``<out_dir>/checkpoint.pt`` every ``period`` steps and at the end."""
+
+    def __init__(self, checkpointer: Checkpointer, out_dir: str | Path, period: int) -> None:
+        self.checkpointer, self.path, self.period = checkpointer, Path(out_dir) / "checkpoint.pt", period
+
+    def _save(self) -> None:
+        self.checkpointer.save(self.path, iteration=self.trainer.iter,
+                               max_iter=self.trainer.max_iter)
+
+    def after_step(self) -> None:
+        if self.period > 0 and self.trainer.iter % self.period == 0 \
+                and self.trainer.iter < self.trainer.max_iter:
+            self._save()
+
+    def after_train(self) -> None:
+        self._save()
+        logger.info("checkpoint written to %s", self.path)
+
+
+class MetricsWriter(HookBase):
+    """Progress bar, TensorBoard scalars and ``metrics.jsonl`` lines (rank 0).
+
+    Every ``period`` steps: each loss and their sum (averaged over processes), the
+    learning rate, the step time and the number of skipped steps. ``write`` records other
+    scalars (the evaluation hook's mAPs).
+    """
+
+    def __init__(self, out_dir: str | Path, period: int, *, progress: bool = True) -> None:
+        self.out_dir, self.period, self.progress = Path(out_dir), period, progress
+        self._bar = self._tensorboard = self._jsonl = None
+
+    def before_train(self) -> None:
+        if not is_main_process():
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._tensorboard = SummaryWriter(str(self.out_dir / "tensorboard"))
+        self._jsonl = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        if self.progress:
+            self._bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter,
+                             desc="train", dynamic_ncols=True, smoothing=0.1)
+
+    def write(self, scalars: dict[str, float], iteration: int) -> None:
+        if not is_main_process() or self._jsonl is None:
+            return
+        for name, value in scalars.items():
+            self._tensorboard.add_scalar(name, value, iteration)
+        self._jsonl.write(json.dumps({"iter": iteration, **scalars}) + "\n")
+        self._jsonl.flush()
+
+    def after_step(self) -> None:
+        trainer = self.trainer
+        if self._bar is not None:
+            if self._bar.total != trainer.max_iter:
+                self._bar.total = trainer.max_iter
+            self._bar.update(1)
+            if trainer.iter >= trainer.max_iter or trainer.stop_requested:
+                self._bar.close()  # before the final evaluation prints
+        if trainer.iter % self.period and trainer.iter < trainer.max_iter \
+                and not trainer.stop_requested:
+            return
+        names = sorted(trainer.loss_dict)
+        losses = torch.stack([trainer.loss_dict[name].float() for name in names])
+        if is_distributed():
+            dist.all_reduce(losses)
+            losses /= get_world_size()
+        scalars = {f"train/{name}": float(value) for name, value in zip(names, losses)}
+        scalars["train/total_loss"] = float(losses.sum())
+        scalars["train/lr"] = trainer.optimizer.param_groups[0]["lr"]
+        scalars["train/step_time"] = trainer.step_time
+        scalars["train/skipped_steps"] = float(trainer.skipped_steps)
+        self.write(scalars, trainer.iter)
+        if self._bar is not None and not self._bar.disable:
+            self._bar.set_postfix(loss=f"{scalars['train/total_loss']:.3f}",
+                                  lr=f"{scalars['train/lr']:.2e}", refresh=False)
+
+    def after_train(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._jsonl.close()
+
+
+class EvalHook(HookBase):
+    """Evaluates every ``period`` steps (0: never during training) and at the end.
+
+    ``evaluate()`` returns ``(metrics, report)`` on every process. The report is printed
+    (rank 0), the top-level scalar metrics go to ``writer`` as ``eval/<name>``, and the
+    final metrics are written to ``<out_dir>/metrics.json``.
+    """
+
+    def __init__(self, evaluate: Callable[[], tuple[dict[str, Any], str]], out_dir: str | Path,
+                 period: int = 0, writer: MetricsWriter | None = None) -> None:
+        self.evaluate, self.out_dir, self.period, self.writer = evaluate, Path(out_dir), period, writer
+        self.metrics: dict[str, Any] | None = None
+
+    def _run(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        metrics, report = self.evaluate()
+        metrics = {**metrics, "iteration": self.trainer.iter,
+                   "eval_seconds": round(time.perf_counter() - start, 2)}
+        if is_main_process():
+            print(f"\nevaluation at iteration {self.trainer.iter}:\n{report}", flush=True)
+        if self.writer is not None:
+            self.writer.write({f"eval/{key}": value for key, value in metrics.items()
+                               if isinstance(value, float) and key.startswith(("mAP", "voc"))},
+                              self.trainer.iter)
+        self.metrics = metrics
+        return metrics
+
+    def after_step(self) -> None:
+        trainer = self.trainer
+        if self.period > 0 and trainer.iter % self.period == 0 and trainer.iter < trainer.max_iter:
+            self._run()
+
+    def after_train(self) -> None:
+        metrics = self._run()
+        if is_main_process():
+            write_metrics(metrics, self.out_dir / "metrics.json")
+
+
+def write_metrics(metrics: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2) + "\n")

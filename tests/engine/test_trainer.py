@@ -1,0 +1,128 @@
+"""The training loop on a toy model: the update, hooks, the non-finite-loss guard, the budget."""
+
+import itertools
+import logging
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from fcos_fast.engine.hooks import TimeBudget
+from fcos_fast.engine.schedule import WarmupSchedule
+from fcos_fast.engine.trainer import HookBase, Trainer
+
+
+class Toy(nn.Module):
+    """``{"a": |w|^2, "b": sum(w)}``, with ``b`` NaN at the calls listed in ``nan_at``."""
+
+    def __init__(self, nan_at=()):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(3))
+        self.nan_at, self.calls = set(nan_at), 0
+
+    def forward(self, images, targets):
+        assert len(images) == len(targets) == 2
+        b = self.weight.sum()
+        if self.calls in self.nan_at:
+            b = b * float("nan")
+        self.calls += 1
+        return {"a": (self.weight ** 2).sum(), "b": b}
+
+
+def _trainer(model, max_iter, **kwargs):
+    data = itertools.repeat(([torch.zeros(3, 4, 4)] * 2, [{"boxes": torch.zeros(0, 4)}] * 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return Trainer(model, optimizer, data, max_iter=max_iter, **kwargs)
+
+
+class Recorder(HookBase):
+    def __init__(self):
+        self.events = []
+
+    def before_train(self):
+        self.events.append("before_train")
+
+    def before_step(self):
+        self.events.append(("before", self.trainer.iter))
+
+    def after_step(self):
+        self.events.append(("after", self.trainer.iter))
+
+    def after_train(self):
+        self.events.append("after_train")
+
+
+def test_step_sums_the_losses_and_updates():
+    model = Toy()
+    trainer = _trainer(model, 1)
+    trainer.train()
+    # d/dw (|w|^2 + sum w) = 2w + 1 = 3 at w = 1.
+    torch.testing.assert_close(model.weight.detach(), torch.full((3,), 1 - 0.1 * 3))
+    assert set(trainer.loss_dict) == {"a", "b"}
+
+
+def test_hooks_see_every_step_in_order():
+    recorder = Recorder()
+    trainer = _trainer(Toy(), 4, start_iter=2)
+    trainer.register_hooks([recorder, None])
+    trainer.train()
+    assert recorder.events == ["before_train", ("before", 2), ("after", 3), ("before", 3),
+                               ("after", 4), "after_train"]
+
+
+def test_gradient_clipping():
+    model = Toy()
+    _trainer(model, 1, clip_grad_norm=1.0).train()
+    # The gradient (3, 3, 3) has norm 3 * sqrt(3); clipped to norm 1.
+    torch.testing.assert_close(model.weight.detach(), torch.full((3,), 1 - 0.1 / math.sqrt(3)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_loss_skips_the_step_and_says_so(caplog):
+    model, reference = Toy(nan_at={1}), Toy()
+    trainer = _trainer(model, 3)
+    with caplog.at_level(logging.WARNING, logger="fcos_fast"):
+        trainer.train()
+    _trainer(reference, 2).train()  # the same two good steps
+    torch.testing.assert_close(model.weight, reference.weight)
+    assert trainer.skipped_steps == 1 and trainer.iter == 3
+    assert "iteration 1: loss is not finite" in caplog.text and "step skipped" in caplog.text
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_diverged_run_stops():
+    trainer = _trainer(Toy(nan_at=range(100)), 50, max_consecutive_skips=3)
+    with pytest.raises(FloatingPointError, match="3 consecutive steps"):
+        trainer.train()
+    assert trainer.iter == 2  # the third skipped step raised
+
+
+class Slow(HookBase):
+    def before_step(self):
+        time.sleep(0.02)
+
+
+def test_time_budget_shortens_the_schedule_and_stops():
+    schedule = WarmupSchedule(10_000, "step", steps=[5000])
+    trainer = _trainer(Toy(), 10_000)
+    budget = TimeBudget(0.5, time.time(), schedule, reserve_seconds=0.0, check_period=2,
+                        warmup_steps=2)
+    trainer.register_hooks([Slow(), budget])
+    start = time.time()
+    trainer.train()
+    assert time.time() - start < 2.0
+    assert trainer.iter == trainer.max_iter < 100
+    assert schedule.max_iters == trainer.max_iter and schedule.steps[0] < 50
+
+
+def test_time_budget_already_spent_stops_at_once(caplog):
+    trainer = _trainer(Toy(), 100)
+    budget = TimeBudget(1.0, time.time() - 10, WarmupSchedule(100), check_period=1,
+                        warmup_steps=1)
+    trainer.register_hooks([budget])
+    with caplog.at_level(logging.WARNING, logger="fcos_fast"):
+        trainer.train()
+    assert trainer.iter == 1 and trainer.stop_requested
+    assert "time budget" in caplog.text
