@@ -119,7 +119,8 @@ void fcos_assign_cpu_impl(const at::Tensor& points, const at::Tensor& lower,
   });
 
   const int64_t blocks_per_image = (num_points + kPointsPerBlock - 1) / kPointsPerBlock;
-  at::parallel_for(0, num_images * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
+  // Grain: 8 blocks (256 points) a task at least, so small inputs stay on one thread.
+  at::parallel_for(0, num_images * blocks_per_image, 8, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> candidates(num_slots);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t image = task / blocks_per_image;

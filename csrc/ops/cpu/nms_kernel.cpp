@@ -145,7 +145,9 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes_in, const at::Tensor& scores_
     const scalar_t threshold = static_cast<scalar_t>(iou_threshold);
     std::vector<uint8_t> removed(n, 0), kept_rank(n, 0);
     const int64_t num_segments = static_cast<int64_t>(segment_start.size()) - 1;
-    at::parallel_for(0, num_segments, 1, [&](int64_t begin, int64_t end) {
+    // Below a few thousand boxes all sweeps together take less than waking a thread.
+    const int64_t grain = n < 4096 ? num_segments : 1;
+    at::parallel_for(0, num_segments, grain, [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
         sweep(sorted, segment_start[s], segment_start[s + 1], threshold, removed.data(),
               [&](int64_t q) { kept_rank[rank_of[q]] = 1; });

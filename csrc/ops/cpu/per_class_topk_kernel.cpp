@@ -122,7 +122,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> per_class_topk_cpu(const at::Tens
       buffer.resize(num_classes * (capacity + 1));
       // The threshold in the scores' dtype, as the reference's tensor comparison does.
       const scalar_t threshold = static_cast<scalar_t>(score_thresh);
-      at::parallel_for(0, num_classes, 1, [&](int64_t begin, int64_t end) {
+      // Threads only for >= 64k scores a task: below, one thread is faster.
+      const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(num_points, 1));
+      at::parallel_for(0, num_classes, grain, [&](int64_t begin, int64_t end) {
         select_classes(data, num_points, num_classes, k, threshold, capacity, begin, end,
                        buffer.data(), count.data());
       });
