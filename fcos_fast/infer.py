@@ -2,7 +2,8 @@
 
 ``INPUT`` is an image file or a folder of images; with none, the first ``--num-images`` of
 the dataset split ``--split`` (default: the config's validation split) are used. Writes
-``DIR/<image name>.png`` with the labelled boxes scoring above ``--score-thresh`` and
+``DIR/<image name>.png`` with the labelled boxes scoring above ``--score-thresh``, all of
+them side by side in ``DIR/grid.png``, and
 ``DIR/detections.json``: per image its path, size and every detection (``box`` as
 ``[x1, y1, x2, y2]`` in pixels, ``score``, ``label``, ``class_name``).
 """
@@ -20,7 +21,7 @@ from fcos_fast.data import DatasetError, build_dataset, load_image
 from fcos_fast.engine.build import load_trained_model
 from fcos_fast.evaluate import checkpoint_config
 from fcos_fast.train import resolve_device
-from fcos_fast.visualize import draw_detections
+from fcos_fast.visualize import draw_detections, montage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         unique_names = len({path.stem for path in paths}) == len(paths)
-        records = []
+        records, pictures = [], []
         for index, (path, image, found) in enumerate(
                 detect(model, paths, batch_size=config.train.eval_batch_size, device=device)):
             keep = found["scores"] > args.score_thresh
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             picture = draw_detections(image, boxes, labels, scores, class_names, scale=scale)
             name = f"{path.stem}.png" if unique_names else f"{index:04d}_{path.stem}.png"
             picture.save(out / name)
+            pictures.append(picture)
             records.append({
                 "image": str(path), "picture": name,
                 "width": image.shape[2], "height": image.shape[1],
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     (out / "detections.json").write_text(json.dumps(records, indent=1) + "\n")
+    montage(pictures).save(out / "grid.png")
     print(f"{len(records)} images with {sum(len(r['detections']) for r in records)} detections "
           f"written to {out}/")
     return 0

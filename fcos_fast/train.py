@@ -118,6 +118,7 @@ def run(config: Config, out_dir: str | Path, *, resume: bool = False,
     started_at = time.time() if started_at is None else started_at
     out_dir = Path(out_dir)
     device = init_distributed(resolve_device(config.train.device))
+    threads = torch.get_num_threads()
     try:
         if is_main_process():
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -126,6 +127,7 @@ def run(config: Config, out_dir: str | Path, *, resume: bool = False,
         return _train(config, out_dir, device, resume=resume, started_at=started_at,
                       progress=progress)
     finally:
+        torch.set_num_threads(threads)
         cleanup()
 
 

@@ -71,6 +71,20 @@ def draw_detections(image: Tensor | Image.Image, boxes: Tensor, labels: Tensor,
     return picture
 
 
+def montage(pictures: Sequence[Image.Image], columns: int = 4, gap: int = 4) -> Image.Image:
+    """The pictures side by side, ``columns`` to a row, on a white background."""
+    width = max(p.width for p in pictures)
+    height = max(p.height for p in pictures)
+    rows = -(-len(pictures) // columns)
+    columns = min(columns, len(pictures))
+    sheet = Image.new("RGB", (columns * (width + gap) - gap, rows * (height + gap) - gap),
+                      (255, 255, 255))
+    for index, picture in enumerate(pictures):
+        row, column = divmod(index, columns)
+        sheet.paste(picture, (column * (width + gap), row * (height + gap)))
+    return sheet
+
+
 def plot_curves(metrics_jsonl: str | Path, out_png: str | Path) -> Path:
     """Plot the training losses, the learning rate and any mAP from a run's ``metrics.jsonl``."""
     import matplotlib

@@ -1,0 +1,89 @@
+"""``python -m fcos_fast.evaluate`` and ``python -m fcos_fast.infer`` on a tiny trained run."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from fcos_fast import evaluate, infer, train
+from fcos_fast.engine.build import load_trained_model
+from fcos_fast.visualize import draw_detections, plot_curves
+from tests.engine.tiny import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    out = root / "run"
+    assert train.main(["--out", str(out), "--no-progress",
+                       "--set", *tiny_overrides(root, **{"solver.max_iters": 3})]) == 0
+    return out
+
+
+def test_evaluate_reproduces_the_training_metrics(run, tmp_path, capsys):
+    assert evaluate.main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path),
+                          "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "Average Precision  (AP) @[ IoU=0.50 " in printed and "circle" in printed
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    trained = json.loads((run / "metrics.json").read_text())
+    for key in ("mAP", "mAP50", "mAP75", "per_class_AP"):
+        assert metrics[key] == trained[key]
+    assert metrics["split"] == "val"
+
+
+def test_evaluate_other_split_with_overrides(run, capsys):
+    assert evaluate.main(["--checkpoint", str(run / "checkpoint.pt"), "--split", "train",
+                          "--set", "model.backend=reference", "model.topk_candidates=50",
+                          "--no-progress"]) == 0
+    metrics = json.loads((run / "eval-train" / "metrics.json").read_text())
+    assert metrics["num_images"] == 16 and 0 <= metrics["mAP50"] <= 1
+
+
+def test_infer_on_files_and_folders(run, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    source = sorted((next((run.parent / "synthetic").iterdir()) / "val").glob("*.png"))
+    for index, path in enumerate(source[:2]):
+        Image.open(path).save(images / f"picture{index}.jpg")
+    out = tmp_path / "out"
+    assert infer.main([str(images), str(source[2]), "--checkpoint", str(run / "checkpoint.pt"),
+                       "--out", str(out), "--score-thresh", "0.0"]) == 0
+    records = json.loads((out / "detections.json").read_text())
+    assert [r["picture"] for r in records] == ["picture0.png", "picture1.png", "000002.png"]
+    for record in records:
+        assert Image.open(out / record["picture"]).size == (384, 384)  # enlarged 64 -> 384
+        assert record["width"] == record["height"] == 64
+        for detection in record["detections"]:
+            assert set(detection) == {"box", "score", "label", "class_name"}
+            assert detection["score"] > 0.0
+
+
+def test_infer_on_a_split(run, tmp_path):
+    assert infer.main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path),
+                       "--num-images", "3", "--scale", "1"]) == 0
+    records = json.loads((tmp_path / "detections.json").read_text())
+    assert len(records) == 3 and Image.open(tmp_path / records[0]["picture"]).size == (64, 64)
+
+
+def test_infer_missing_input(run, tmp_path, capsys):
+    assert infer.main([str(tmp_path / "nope.jpg"), "--checkpoint", str(run / "checkpoint.pt"),
+                       "--out", str(tmp_path)]) == 2
+    assert "nope.jpg" in capsys.readouterr().err
+
+
+def test_checkpoint_gives_the_trained_model(run):
+    model, config, names = load_trained_model(run / "checkpoint.pt")
+    assert not model.training and names == ["circle", "square", "triangle"]
+    assert config.model.fpn_channels == 64
+    with torch.no_grad():
+        (output,) = model([torch.rand(3, 50, 70)])
+    assert output["boxes"].shape[1] == 4
+
+
+def test_pictures(run, tmp_path):
+    picture = draw_detections(torch.rand(3, 40, 60), torch.tensor([[5., 5, 30, 20]]),
+                              torch.tensor([1]), torch.tensor([0.9]), ["a", "b"], scale=2)
+    assert picture.size == (120, 80)
+    assert plot_curves(run / "metrics.jsonl", tmp_path / "curves.png").is_file()
