@@ -26,9 +26,10 @@ $(EXTENSION): $(INSTALLED) setup.py $(CSRC)
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
 	touch $@
 
+# Train on the built-in synthetic set, draw validation detections and the loss curves
+# into runs/demo.
 demo: $(EXTENSION)
-	$(PY) -m fcos_fast.train --out runs/demo
-	$(PY) -m fcos_fast.infer --checkpoint runs/demo/checkpoint.pt --split val --num-images 8 --out runs/demo/pictures
+	PYTHON=$(PY) bash scripts/demo.sh runs/demo
 
 test: $(EXTENSION)
 	$(PY) -m pytest -q
