@@ -125,3 +125,14 @@ def test_default_run_meets_the_acceptance(tmp_path):
     metrics = json.loads((tmp_path / "runs" / "synthetic" / "metrics.json").read_text())
     assert elapsed < 600, f"took {elapsed:.0f} s"
     assert metrics["mAP50"] >= 0.8, metrics
+
+
+@pytest.mark.cuda
+def test_amp_training_on_cuda(tmp_path):
+    out = tmp_path / "run"
+    overrides = tiny_overrides(tmp_path, **{"train.device": "cuda", "solver.amp": "true"})
+    assert train.main(["--out", str(out), "--no-progress", "--set", *overrides]) == 0
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["scaler"]["scale"] > 0  # the gradient scaler ran
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert json.loads((out / "metrics.json").read_text())["iteration"] == 6

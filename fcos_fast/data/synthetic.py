@@ -32,7 +32,7 @@ from fcos_fast.config import SyntheticConfig
 from fcos_fast.data.coco import CocoDetection
 
 #: Bump when the drawing changes, so that old caches are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 
@@ -42,7 +42,7 @@ _SPLIT_SEEDS = {"train": 1, "val": 2}
 _MAX_COVER = 0.5
 # Minimum distance (0-255 RGB, Euclidean) between a shape's colour and the background
 # under it, so every shape is visible.
-_MIN_CONTRAST = 80.0
+_MIN_CONTRAST = 100.0
 
 
 def cache_dir() -> Path:
@@ -84,17 +84,17 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     image = start + (end - start) * t[..., None]
     # Low-frequency blotches: a coarse random grid, upsampled smoothly.
     cells = int(rng.integers(3, 7))
-    coarse = rng.normal(0, 35, (cells, cells, 3)).astype(np.float32)
+    coarse = rng.normal(0, 20, (cells, cells, 3)).astype(np.float32)
     blotches = np.stack([np.asarray(Image.fromarray(coarse[..., c]).resize((size, size),
                                                                           Image.BICUBIC))
                          for c in range(3)], axis=-1)
     image = image + blotches
     canvas = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(0, 4))):
+    for _ in range(int(rng.integers(0, 3))):
         points = [tuple(p) for p in rng.uniform(0, size, (2, 2)).tolist()]
         draw.line(points, fill=tuple(int(c) for c in rng.integers(0, 256, 3)),
-                  width=int(rng.integers(1, 3)))
+                  width=1)
     return canvas
 
 

@@ -87,7 +87,9 @@ class TimeBudget(HookBase):
                     - self.eval_steps * step)
             fits = trainer.iter + math.floor(left / step)
             if fits < trainer.max_iter:
-                plan = fits
+                # 2% short of what fits, so that jitter in the step time does not make
+                # every later check shorten the run again by a step or two.
+                plan = trainer.iter + math.floor(0.98 * (fits - trainer.iter))
         plan = broadcast_object(plan)
         if plan is None:
             return
