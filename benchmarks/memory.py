@@ -29,15 +29,25 @@ def _read_status_kib(field: str) -> int:
 
 
 @functools.cache
+def _libc():
+    libc_name = ctypes.util.find_library("c")
+    return ctypes.CDLL(libc_name) if libc_name else None
+
+
+@functools.cache
 def _pin_mmap_threshold() -> None:
     """Serve every allocation of 64 KiB or more by mmap, returned to the OS on free."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return
-    libc = ctypes.CDLL(libc_name)
-    if hasattr(libc, "mallopt"):
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
         m_mmap_threshold = -3
         libc.mallopt(m_mmap_threshold, 64 * 1024)
+
+
+def _release_free_heap() -> None:
+    """Give the heap's free pages back, so that reusing them shows in the resident size."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def cpu_peak_supported() -> bool:
@@ -65,6 +75,7 @@ def peak_extra_bytes(fn: Callable[[], object], device: str | torch.device = "cpu
         del result
         return max(peak - before, 0)
     _pin_mmap_threshold()
+    _release_free_heap()
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # reset VmHWM to the current resident size
     before = _read_status_kib("VmRSS")
