@@ -68,3 +68,37 @@ def padded_gt(boxes_per_image: list[torch.Tensor], slots: int | None = None,
     num_gt = torch.tensor([b.shape[0] for b in boxes_per_image], dtype=torch.int64,
                           device=ref.device)
     return gt, num_gt
+
+
+def postprocess_candidates(*, batch: int = 16, classes: int = 80, per_class: int = 1000,
+                           tied: bool = False, dtype=torch.float32, device="cpu",
+                           generator=None):
+    """The ``batched_nms`` input of FCOS post-processing for a whole batch.
+
+    Every (image, class) is one category, ``image * classes + class``, holding up to
+    ``per_class`` candidates (uniformly many, a few categories full and a few empty),
+    ordered by category then decreasing score as ``ops.per_class_topk`` returns them.
+    Each category's boxes cluster on a few objects, so NMS has work to do. Scores are
+    distinct unless ``tied`` (then they take 20 levels), since torchvision orders equal
+    scores by an unstable sort.
+
+    Returns ``boxes [M, 4] (x1, y1, x2, y2), scores [M], idxs [M] int64``.
+    """
+    categories = batch * classes
+    counts = torch.randint(0, per_class + 1, (categories,), generator=generator)
+    counts[:: max(categories // 7, 1)] = per_class
+    counts[3::max(categories // 5, 1)] = 0
+    boxes = torch.cat([clustered_boxes(int(c), clusters=max(int(c) // 40, 1), scale=800.0,
+                                       dtype=torch.float64, generator=generator)
+                       for c in counts])
+    total = boxes.shape[0]
+    idxs = torch.repeat_interleave(torch.arange(categories), counts)
+    if tied:
+        scores = torch.randint(1, 21, (total,), generator=generator).double() / 20
+    else:
+        scores = (torch.randperm(total, generator=generator).double() + 1) / (total + 1)
+    # Category, then score descending (stable, so ties keep the lower index first).
+    by_score = torch.argsort(scores, descending=True, stable=True)
+    order = by_score[torch.argsort(idxs[by_score], stable=True)]
+    convert = lambda t: t[order].to(dtype=dtype, device=device)  # noqa: E731
+    return convert(boxes), convert(scores), idxs[order].to(device)

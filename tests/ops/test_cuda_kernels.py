@@ -1,10 +1,13 @@
 """The native CUDA kernels (csrc/ops/cuda) at full FCOS size, against the reference.
 
-Every test is marked ``cuda`` and skipped without a GPU. The CUDA kernels share their
-per-element math with the CPU kernels (csrc/ops/box_math.h) and are built without FMA
-contraction, so assignments, per-pair losses, kept indices and top-k are compared for
-equality; gradients and reduced losses within a few ulps. fcos_assign and giou_loss must
-not synchronise with the host: they run under ``torch.cuda.set_sync_debug_mode("error")``.
+The GPU tests are marked ``cuda`` (skipped when no GPU is visible). With a GPU visible,
+a build without CUDA kernels fails every one of them: a GPU run must not pass with
+nothing tested. The CUDA kernels share their per-element math with the CPU kernels
+(csrc/ops/box_math.h) and are built without FMA contraction, so assignments, per-pair
+losses, kept indices and top-k are compared for equality; gradients and reduced losses
+within a few ulps. fcos_assign and giou_loss must not synchronise with the host: they
+run under ``torch.cuda.set_sync_debug_mode("error")``. The layout of the class-aware NMS
+mask (``fcos_fast::_nms_segment_layout``, device-generic) is also checked on the CPU.
 """
 
 from __future__ import annotations
@@ -15,21 +18,40 @@ import pytest
 import torch
 import torchvision
 
-from benchmarks.cases import clustered_boxes, fcos_points, padded_gt, random_boxes
-from fcos_fast import _extension
+from benchmarks.cases import clustered_boxes, fcos_points, padded_gt, postprocess_candidates
+from benchmarks.cases import random_boxes
+from fcos_fast import _extension, ops
+from fcos_fast.ops._dispatch import OP_NAMES
 from fcos_fast.ops.reference import fcos_assign as ref_assign
 from fcos_fast.ops.reference import giou_loss as ref_giou
 from fcos_fast.ops.reference import nms as ref_nms
 from fcos_fast.ops.reference import per_class_topk as ref_topk
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.skipif(not _extension.native_has_kernel("nms", "cuda"),
-                       reason="fcos_fast._C was built without CUDA kernels"),
-]
 C = torch.ops.fcos_fast
 DTYPES = [torch.float32, torch.float64]
+cuda = pytest.mark.cuda
+
+
+def _missing_cuda_kernels() -> list[str]:
+    return [op for op in OP_NAMES if not _extension.native_has_kernel(op, "cuda")]
+
+
+@pytest.fixture(autouse=True)
+def _cuda_kernels_built(request):
+    """With a GPU visible, a build without CUDA kernels fails (never skips) the GPU tests."""
+    if request.node.get_closest_marker("cuda") is None or not torch.cuda.is_available():
+        return
+    missing = _missing_cuda_kernels()
+    if missing:
+        pytest.fail(f"a GPU is visible but fcos_fast._C has no CUDA kernel for {missing} "
+                    f"({_extension.NATIVE_ERROR or 'built without nvcc or FCOS_FAST_NO_CUDA=1'}):"
+                    " rebuild with `pip install --no-build-isolation -e .` where nvcc is on PATH")
+
+
+@cuda
+def test_every_op_has_a_cuda_kernel():
+    assert _missing_cuda_kernels() == []
+    assert "native" in ops.available_backends("cuda")
 
 
 @contextlib.contextmanager
@@ -60,6 +82,7 @@ def _assign_inputs(num_boxes, dtype, seed=0, batch=8):
     return points, lower, upper, radius, gt.to(dtype), num_gt
 
 
+@cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("num_boxes", [10, 200, 300])  # 300: more than one shared tile
 def test_fcos_assign_full_size_equals_reference(dtype, num_boxes):
@@ -71,6 +94,7 @@ def test_fcos_assign_full_size_equals_reference(dtype, num_boxes):
     assert torch.equal(got.cpu(), expected)
 
 
+@cuda
 def test_fcos_assign_bad_counts_and_non_finite_values_are_safe():
     points, lower, upper, radius, gt, _ = _assign_inputs(20, torch.float32, batch=3)
     counts = torch.tensor([-4, 7, 10**9])
@@ -96,6 +120,7 @@ def _giou_pairs(n, dtype, seed=0, integral=False):
     return pred.to(dtype), target.to(dtype)
 
 
+@cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("integral", [False, True])
 @pytest.mark.parametrize("misaligned", [False, True])  # float4 / double2 path or scalar path
@@ -125,6 +150,7 @@ def test_giou_loss_full_size_equals_reference(dtype, integral, misaligned):
             torch.testing.assert_close(mine.cpu(), theirs, rtol=tolerance, atol=tolerance)
 
 
+@cuda
 def test_giou_loss_autograd_through_public_op_without_sync(monkeypatch):
     from fcos_fast import ops
 
@@ -139,6 +165,7 @@ def test_giou_loss_autograd_through_public_op_without_sync(monkeypatch):
     torch.testing.assert_close(loss.detach().cpu(), expected.detach(), rtol=1e-5, atol=1e-6)
 
 
+@cuda
 def test_giou_loss_empty_and_non_finite():
     empty = torch.zeros(0, 4, device="cuda")
     assert C.giou_loss(empty, empty, "mean", 1e-7).item() == 0.0
@@ -164,6 +191,7 @@ def _nms_inputs(n, dtype=torch.float32, seed=0, tied=False):
     return boxes, scores, idxs
 
 
+@cuda
 @pytest.mark.parametrize("n", [1, 63, 64, 65, 1000, 5000, 20000])
 @pytest.mark.parametrize("tied", [False, True])
 def test_nms_and_batched_nms_equal_the_cpu_kernels(n, tied):
@@ -182,6 +210,7 @@ def test_nms_and_batched_nms_equal_the_cpu_kernels(n, tied):
                                ref_nms.batched_nms(boxes, scores, idxs, threshold))
 
 
+@cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nms_matches_torchvision_cuda(dtype):
     boxes, scores, idxs = _nms_inputs(5000, dtype, seed=3)
@@ -192,6 +221,7 @@ def test_nms_matches_torchvision_cuda(dtype):
                        torchvision.ops.boxes._batched_nms_vanilla(boxes, scores, idxs, 0.5))
 
 
+@cuda
 def test_nms_single_category_segments_and_non_finite_values():
     boxes, scores, idxs = _nms_inputs(3000, seed=5)
     idxs = torch.where(torch.arange(3000) < 2900, 0, torch.arange(3000))  # one big segment
@@ -204,8 +234,178 @@ def test_nms_single_category_segments_and_non_finite_values():
     assert torch.equal(C.nms(boxes.cuda(), scores.cuda(), 0.5).cpu(), C.nms(boxes, scores, 0.5))
 
 
+@cuda
+def test_nms_empty_and_single_box():
+    empty, no_scores = torch.zeros(0, 4, device="cuda"), torch.zeros(0, device="cuda")
+    no_idxs = torch.zeros(0, dtype=torch.int64, device="cuda")
+    for keep in (C.nms(empty, no_scores, 0.5), C.batched_nms(empty, no_scores, no_idxs, 0.5)):
+        assert keep.dtype == torch.int64 and keep.shape == (0,) and keep.device.type == "cuda"
+    one, score = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device="cuda"), torch.ones(1, device="cuda")
+    assert C.nms(one, score, 0.5).tolist() == [0]
+    assert C.batched_nms(one, score, torch.tensor([-9], device="cuda"), 0.5).tolist() == [0]
+
+
+# ------------------------------------------------ class-aware NMS per category segment
+
+def _mask_words(lengths) -> int:
+    """Words of the per-segment mask: the sum over segments of L * ceil(L / 64)."""
+    return sum(length * -(-length // 64) for length in lengths)
+
+
+def _expected_layout(lengths) -> torch.Tensor:
+    """csrc/ops/nms_layout.h's table, in Python integers."""
+    rows = [[] for _ in range(6)]
+    start = mask_end = tile_end = row_words_end = 0
+    for length in lengths:
+        words = -(-length // 64)
+        mask_end += length * words
+        tile_end += words * words
+        row_words_end += words
+        for row, value in zip(rows, (start, length, words, mask_end, tile_end, row_words_end)):
+            row.append(value)
+        start += length
+    return torch.tensor(rows, dtype=torch.int64).reshape(6, len(lengths))
+
+
+@pytest.mark.skipif(not _extension.native_has_kernel("nms", "cpu"),
+                    reason="fcos_fast._C is not built")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_nms_segment_layout_is_the_per_segment_formula(device):
+    """The table the CUDA batched_nms sizes and indexes its mask with: segment s owns
+    L_s * ceil(L_s / 64) words after the segments before it; zero-length segments (the
+    padding past the last one) own nothing."""
+    for lengths in ([1, 63, 64, 65, 128, 129, 1000, 3, 32768, 32769, 7, 0, 0], [5], []):
+        table = C._nms_segment_layout(torch.tensor(lengths, dtype=torch.int64, device=device))
+        assert table.dtype == torch.int64 and table.device.type == device
+        assert torch.equal(table.cpu(), _expected_layout(lengths))
+    # Post-processing's batch: 16 images x 80 classes, up to 1000 candidates each.
+    counts = torch.randint(0, 1001, (16 * 80,), generator=_gen(3)).tolist()
+    table = C._nms_segment_layout(torch.tensor(counts, device=device))
+    n = sum(counts)
+    assert table[3, -1].item() == _mask_words(counts) < n * -(-n // 64) / 100
+
+
+@cuda
+def test_batched_nms_mask_is_allocated_per_segment():
+    """Many small categories: the mask allocated is sum L * ceil(L / 64) words, nothing
+    near N * ceil(N / 64) words (5 GB here) is, and everything else is O(N)."""
+    g = _gen(21)
+    lengths = torch.randint(1, 201, (2000,), generator=g)
+    n = int(lengths.sum())
+    boxes = clustered_boxes(n, clusters=n // 40, scale=800.0, generator=g)
+    scores = torch.rand(n, generator=g)
+    idxs = torch.repeat_interleave(torch.arange(2000), lengths)[torch.randperm(n, generator=g)]
+    mask_bytes = 8 * _mask_words(lengths.tolist())
+    full_mask_bytes = 8 * n * -(-n // 64)
+    assert mask_bytes + 512 * n < full_mask_bytes / 10  # the bounds below can tell them apart
+    b, s, i = boxes.cuda(), scores.cuda(), idxs.cuda()
+    C.batched_nms(b, s, i, 0.5)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.memory._record_memory_history(max_entries=100_000, stacks="python")
+    try:
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        keep = C.batched_nms(b, s, i, 0.5)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        snapshot = torch.cuda.memory._snapshot()
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    trace = snapshot["device_traces"][torch.cuda.current_device()]
+    sizes = [event["size"] for event in trace if event["action"] == "alloc"]
+    assert any(mask_bytes <= size < mask_bytes + 512 for size in sizes), (mask_bytes, sizes)
+    assert max(sizes) < max(mask_bytes + 512, 128 * n)
+    assert peak <= mask_bytes + 512 * n
+    assert torch.equal(keep.cpu(), C.batched_nms(boxes, scores, idxs, 0.5))
+
+
+@cuda
+@pytest.mark.parametrize("per_class", [100, 1000])
+def test_batched_nms_at_postprocess_shapes_equals_torchvision(per_class):
+    """16 images x 80 classes as categories, up to `per_class` candidates each, in
+    post-processing's order (by category) and shuffled."""
+    boxes, scores, idxs = postprocess_candidates(per_class=per_class, generator=_gen(per_class))
+    shuffle = torch.randperm(scores.shape[0], generator=_gen(1))
+    for b, s, i in ((boxes, scores, idxs), (boxes[shuffle], scores[shuffle], idxs[shuffle])):
+        b_cuda, s_cuda, i_cuda = b.cuda(), s.cuda(), i.cuda()
+        for threshold in (0.5, 0.7):
+            got = C.batched_nms(b_cuda, s_cuda, i_cuda, threshold)
+            assert torch.equal(got, torchvision.ops.batched_nms(b_cuda, s_cuda, i_cuda, threshold))
+            assert torch.equal(got.cpu(), C.batched_nms(b, s, i, threshold))
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batched_nms_at_postprocess_shapes_with_tied_scores(dtype):
+    """Equal scores keep the lower index first (torchvision's order is unstable there):
+    compared with the CPU kernel, which equals the reference (test_native_kernels.py)."""
+    boxes, scores, idxs = postprocess_candidates(per_class=300, tied=True, dtype=dtype,
+                                                 generator=_gen(5))
+    shuffle = torch.randperm(scores.shape[0], generator=_gen(6))
+    for b, s, i in ((boxes, scores, idxs), (boxes[shuffle], scores[shuffle], idxs[shuffle])):
+        got = C.batched_nms(b.cuda(), s.cuda(), i.cuda(), 0.5)
+        assert torch.equal(got.cpu(), C.batched_nms(b, s, i, 0.5))
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batched_nms_planted_threshold_pairs_in_many_categories(dtype):
+    """In each of 500 categories a pair at IoU exactly 0.5, every pair at the same place:
+    both kept at threshold 0.5, the lower-scoring one dropped at 0.49, and no box ever
+    suppresses one of another category."""
+    categories = 500
+    square, half = [16.0, 16.0, 48.0, 48.0], [16.0, 16.0, 48.0, 32.0]  # IoU 512 / 1024
+    boxes = torch.tensor([square, half] * categories, dtype=dtype)
+    scores = torch.linspace(1.0, 0.001, 2 * categories, dtype=dtype)
+    idxs = (torch.arange(2 * categories) // 2) * 7919 - 10**6
+    shuffle = torch.randperm(2 * categories, generator=_gen(2))
+    boxes, scores, idxs = boxes[shuffle].cuda(), scores[shuffle].cuda(), idxs[shuffle].cuda()
+    by_score = torch.argsort(scores, descending=True)
+    assert torch.equal(C.batched_nms(boxes, scores, idxs, 0.5), by_score)
+    squares = by_score[shuffle[by_score.cpu()].cuda() % 2 == 0]
+    assert torch.equal(C.batched_nms(boxes, scores, idxs, 0.49), squares)
+
+
+@cuda
+def test_batched_nms_non_finite_inputs_without_validation(monkeypatch):
+    """FCOS_FAST_VALIDATE=0 lets NaN and inf through to the kernels: no crash, no hang,
+    no write out of bounds, and the CPU kernel's result."""
+    monkeypatch.setenv("FCOS_FAST_VALIDATE", "0")
+    boxes, scores, idxs = postprocess_candidates(per_class=200, generator=_gen(8))
+    boxes[::7, 0] = float("nan")
+    boxes[::11, 2] = float("inf")
+    boxes[::13] = float("nan")
+    boxes[::17, 1] = float("-inf")
+    scores[::5] = float("nan")
+    idxs = idxs * 2**40 - 2**62
+    b, s, i = boxes.cuda(), scores.cuda(), idxs.cuda()
+    got = ops.batched_nms(b, s, i, 0.5, backend="native")
+    torch.cuda.synchronize()
+    assert torch.equal(got.cpu(), C.batched_nms(boxes, scores, idxs, 0.5))
+    got = ops.nms(b[:20000], s[:20000], 0.5, backend="native")
+    torch.cuda.synchronize()
+    assert torch.equal(got.cpu(), C.nms(boxes[:20000], scores[:20000], 0.5))
+
+
+@cuda
+@pytest.mark.parametrize("long_length", [32768, 32769, 40000])
+def test_long_segment_sweeps_correctly(long_length):
+    """A segment of more than 32768 boxes (512 mask words) keeps its removed set in
+    global memory rather than shared memory, beside 300 small categories in shared."""
+    g = _gen(long_length)
+    n = long_length + 3000
+    boxes = clustered_boxes(n, clusters=n // 40, scale=800.0, generator=g)
+    scores = (torch.randperm(n, generator=g).float() + 1) / n  # distinct
+    idxs = torch.cat([torch.full((long_length,), 7), torch.randint(100, 400, (3000,), generator=g)])
+    idxs = idxs[torch.randperm(n, generator=g)]
+    b, s, i = boxes.cuda(), scores.cuda(), idxs.cuda()
+    assert torch.equal(C.batched_nms(b, s, i, 0.5).cpu(), C.batched_nms(boxes, scores, idxs, 0.5))
+    assert torch.equal(C.nms(b, s, 0.5), torchvision.ops.nms(b, s, 0.5))  # one long segment
+
+
 # ---------------------------------------------------------------- per_class_topk
 
+@cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("levels", [None, 16])
 def test_per_class_topk_full_size_equals_reference(dtype, levels):

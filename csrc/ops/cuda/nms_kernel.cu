@@ -1,162 +1,262 @@
-// fcos_fast::nms and fcos_fast::batched_nms on CUDA, entirely on the device.
+// fcos_fast::nms and fcos_fast::batched_nms on CUDA, class-aware per category segment.
 //
 //   1. Sort by score (torch.sort, stable, descending: the reference's order). For
 //      batched_nms, stable-sort that order again by category, so each category is one
-//      contiguous segment still in score order.
-//   2. The IoU bitmask (torchvision's kernel): bit j of word (i, j / 64) is set when box i
-//      ranks before box j, both have one category, and IoU(i, j) > threshold. Tiles with
-//      no pair of one category are skipped: the sweep never reads them.
-//   3. The greedy sweep, on the device: one warp per segment (so the 80 categories of a
-//      detector sweep in parallel). For each 64-box word the warp first fetches the
-//      boxes' own words of the mask, decides the 64 boxes serially with shuffles (no
-//      memory latency in that chain), then ORs the kept boxes' rows into the words
-//      after it, lanes striding over the words. torchvision copies the mask to the host
-//      and sweeps there; here nothing crosses until the kept count sizes the output.
-//   4. Kept flags are scattered to score rank, so reading them in rank order gives the
-//      decreasing-score (ties: lower index) order that torchvision's batched_nms returns.
+//      contiguous segment, still in score order. Plain nms is one segment.
+//   2. The segment layout (fcos_fast::_nms_segment_layout, ops/nms_layout.h): a segment
+//      of L boxes owns an L x ceil(L / 64)-word block of the IoU bitmask, so the mask is
+//      sum over segments of L * ceil(L / 64) words and its work sum of L^2: a batch of
+//      images x classes in one call costs what its categories cost, never N^2.
+//      batched_nms copies the layout's totals to the host to allocate the mask and size
+//      the grids: the one synchronisation before the result's (the segment count and
+//      sizes are data; the only alternative is a mask sized for the worst case, N^2).
+//      Plain nms computes its one-segment layout on the host and needs no such sync.
+//   3. The mask (torchvision's kernel, per segment): one 64-thread block per 64 x 64 tile
+//      of a segment's block, the tiles of all segments in one grid. Bit j of word
+//      (i, j / 64) is set when box i ranks before box j in the segment and
+//      IoU(i, j) > threshold. Tiles below the diagonal are never read and not computed.
+//   4. The greedy sweep: one warp per segment, every segment in parallel. For each 64-box
+//      word the warp fetches the boxes' own words, decides the 64 boxes serially with
+//      shuffles (no memory latency in that chain), then ORs the kept boxes' rows into the
+//      later words of the segment's removed set, lanes striding over the words. The
+//      removed set sits in dynamic shared memory sized by the longest segment, up to
+//      kMaxSharedRemovedWords words; a longer segment keeps it in global memory.
+//   5. Kept flags are scattered to score rank, so reading them in rank order gives the
+//      decreasing-score (ties: lower index) order torchvision's batched_nms returns. The
+//      number kept sizes the output: the second synchronisation.
+// No index depends on box or score values, so NaN and inf inputs cannot make a kernel
+// read or write out of bounds (a NaN IoU compares false and suppresses nothing).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/index_select.h>
 #include <ATen/ops/masked_select.h>
+#include <ATen/ops/searchsorted.h>
 #include <ATen/ops/sort.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
 #include "ops/box_math.h"
 #include "ops/checks.h"
+#include "ops/nms_layout.h"
 
 namespace fcos_fast {
 namespace ops {
 
 namespace {
 
-constexpr int kWordBits = 64;  // boxes per mask word
 constexpr unsigned kFullWarp = 0xffffffffu;
+// Removed sets of up to 512 words (segments of up to 32,768 boxes) sit in shared memory:
+// 4 KiB a sweeping warp, so that 32 of them (an SM's limit of resident blocks) fit in
+// the shared memory of any sm_80+ GPU.
+constexpr int64_t kMaxSharedRemovedWords = 512;
 
-// Grid (col_block, row_block), 64 threads: thread t computes the word of row
-// row_block * 64 + t for the 64 columns of col_block.
+// The layout table [kNmsLayoutRows, stride] on the device; `count` segments.
+struct SegmentTable {
+  const int64_t* data;
+  int64_t stride;
+  int64_t count;
+
+  __device__ int64_t at(NmsLayoutRow row, int64_t s) const { return data[row * stride + s]; }
+};
+
+struct Segment {
+  int64_t start;       // first sweep position
+  int64_t length;      // boxes
+  int64_t row_words;   // words per mask row
+  int64_t mask_begin;  // first word of the segment's block of the mask
+};
+
+__device__ Segment segment_at(const SegmentTable& table, int64_t s) {
+  Segment segment;
+  segment.start = table.at(kNmsStart, s);
+  segment.length = table.at(kNmsLength, s);
+  segment.row_words = table.at(kNmsRowWords, s);
+  segment.mask_begin = table.at(kNmsMaskEnd, s) - segment.length * segment.row_words;
+  return segment;
+}
+
+// One 64-thread block per 64 x 64 tile, tiles numbered segment after segment, row-major
+// within a segment: thread t computes the word of the segment's row row_block * 64 + t
+// for the 64 columns of col_block.
 template <typename scalar_t>
-__global__ void nms_mask_kernel(const scalar_t* __restrict__ boxes,
-                                const int64_t* __restrict__ categories, int64_t n,
-                                int64_t col_blocks, scalar_t threshold,
-                                uint64_t* __restrict__ mask) {
-  const int64_t row_block = blockIdx.y, col_block = blockIdx.x;
-  if (col_block < row_block) return;
-  const int64_t row_start = row_block * kWordBits, col_start = col_block * kWordBits;
-  const int rows = static_cast<int>(min(n - row_start, int64_t(kWordBits)));
-  const int cols = static_cast<int>(min(n - col_start, int64_t(kWordBits)));
-  // Sorted by category: a later tile shares a category with this row block only if its
-  // first box has the row block's last category.
-  if (categories != nullptr && col_block > row_block &&
-      categories[row_start + rows - 1] != categories[col_start]) {
-    return;
+__global__ void nms_mask_kernel(const scalar_t* __restrict__ boxes, SegmentTable segments,
+                                scalar_t threshold, uint64_t* __restrict__ mask) {
+  const int64_t tile = blockIdx.x;
+  // The tile's segment: the first whose tile end lies beyond the tile (binary search; the
+  // same loads in every thread of the block).
+  int64_t lo = 0, hi = segments.count - 1;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (segments.at(kNmsTileEnd, mid) > tile) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
   }
+  const Segment segment = segment_at(segments, lo);
+  const int64_t words = segment.row_words;
+  const int64_t local = tile - (segments.at(kNmsTileEnd, lo) - words * words);
+  const int64_t row_block = local / words, col_block = local % words;
+  if (col_block < row_block) return;  // the sweep never reads below the diagonal
+  const int64_t row_start = row_block * kNmsWordBits, col_start = col_block * kNmsWordBits;
+  const int rows = static_cast<int>(std::min(segment.length - row_start, int64_t(kNmsWordBits)));
+  const int cols = static_cast<int>(std::min(segment.length - col_start, int64_t(kNmsWordBits)));
+  const scalar_t* segment_boxes = boxes + 4 * segment.start;
+  const int t = threadIdx.x;
 
-  __shared__ scalar_t col_x1[kWordBits], col_y1[kWordBits], col_x2[kWordBits],
-      col_y2[kWordBits], col_area[kWordBits];
-  __shared__ int64_t col_category[kWordBits];
-  if (threadIdx.x < cols) {
-    const scalar_t* b = boxes + 4 * (col_start + threadIdx.x);
-    col_x1[threadIdx.x] = b[0];
-    col_y1[threadIdx.x] = b[1];
-    col_x2[threadIdx.x] = b[2];
-    col_y2[threadIdx.x] = b[3];
-    col_area[threadIdx.x] = box_math::box_area(b[0], b[1], b[2], b[3]);
-    col_category[threadIdx.x] = categories != nullptr ? categories[col_start + threadIdx.x] : 0;
+  __shared__ scalar_t col_x1[kNmsWordBits], col_y1[kNmsWordBits], col_x2[kNmsWordBits],
+      col_y2[kNmsWordBits], col_area[kNmsWordBits];
+  if (t < cols) {
+    const scalar_t* b = segment_boxes + 4 * (col_start + t);
+    col_x1[t] = b[0];
+    col_y1[t] = b[1];
+    col_x2[t] = b[2];
+    col_y2[t] = b[3];
+    col_area[t] = box_math::box_area(b[0], b[1], b[2], b[3]);
   }
   __syncthreads();
-  if (threadIdx.x >= rows) return;
+  if (t >= rows) return;
 
-  const int64_t i = row_start + threadIdx.x;
-  const scalar_t* b = boxes + 4 * i;
+  const int64_t i = row_start + t;
+  const scalar_t* b = segment_boxes + 4 * i;
   const scalar_t x1 = b[0], y1 = b[1], x2 = b[2], y2 = b[3];
   const scalar_t area = box_math::box_area(x1, y1, x2, y2);
-  const int64_t category = categories != nullptr ? categories[i] : 0;
   uint64_t bits = 0;
   // Only boxes after i: the greedy sweep never looks back.
-  for (int j = row_block == col_block ? threadIdx.x + 1 : 0; j < cols; ++j) {
+  for (int j = row_block == col_block ? t + 1 : 0; j < cols; ++j) {
     const scalar_t iou = box_math::nms_iou(x1, y1, x2, y2, area, col_x1[j], col_y1[j],
                                            col_x2[j], col_y2[j], col_area[j]);
     // `>`: an IoU equal to the threshold, or NaN, does not suppress.
-    if ((col_category[j] == category) & (iou > threshold)) bits |= uint64_t(1) << j;
+    if (iou > threshold) bits |= uint64_t(1) << j;
   }
-  mask[i * col_blocks + col_block] = bits;
+  mask[segment.mask_begin + i * words + col_block] = bits;
 }
 
-// One warp per block. Each block takes sweep positions blockIdx.x, + gridDim.x, ...;
-// at a segment start (the first box of its category) it sweeps the whole segment.
-// `removed` (dynamic shared memory) holds the segment's words of suppressed boxes.
-__global__ void nms_sweep_kernel(const uint64_t* __restrict__ mask,
-                                 const int64_t* __restrict__ categories, int64_t n,
-                                 int64_t col_blocks, const int64_t* __restrict__ rank_of,
+// One warp per segment (block s sweeps segment s). `removed` holds the segment's words of
+// suppressed boxes: in dynamic shared memory (`shared_words` of them) when they fit, else
+// at the segment's offset in `global_removed`. The lanes of the one warp share it, ordered
+// by __syncwarp (which orders shared and global memory alike).
+__global__ void nms_sweep_kernel(const uint64_t* __restrict__ mask, SegmentTable segments,
+                                 int64_t shared_words, uint64_t* __restrict__ global_removed,
+                                 const int64_t* __restrict__ rank_of,
                                  bool* __restrict__ kept_by_rank) {
-  extern __shared__ uint64_t removed[];
+  extern __shared__ uint64_t shared_removed[];
   const int lane = threadIdx.x;
-  for (int64_t start = blockIdx.x; start < n; start += gridDim.x) {
-    if (start > 0 && (categories == nullptr || categories[start] == categories[start - 1])) {
-      continue;  // not the first box of a segment
-    }
-    // The segment ends at the first box of another category (warp-wide search).
-    int64_t end = n;
-    if (categories != nullptr) {
-      const int64_t category = categories[start];
-      for (int64_t base = start + 1; base < n; base += 32) {
-        const int64_t q = base + lane;
-        const unsigned other = __ballot_sync(kFullWarp, q < n && categories[q] != category);
-        if (other != 0) {
-          end = base + __ffs(other) - 1;
-          break;
-        }
-      }
-    }
-    const int64_t first_word = start / kWordBits, last_word = (end - 1) / kWordBits;
-    for (int64_t w = lane; w <= last_word - first_word; w += 32) removed[w] = 0;
-    __syncwarp();
+  const int64_t s = blockIdx.x;
+  const Segment segment = segment_at(segments, s);
+  const int64_t words = segment.row_words;
+  uint64_t* removed = words <= shared_words
+                          ? shared_removed
+                          : global_removed + (segments.at(kNmsRowWordsEnd, s) - words);
+  // Word w of the segment's row r is rows[r * words + w].
+  const uint64_t* rows = mask + segment.mask_begin;
 
-    for (int64_t word = first_word; word <= last_word; ++word) {
-      const int64_t word_start = word * kWordBits;
-      const int64_t lo = max(start, word_start), hi = min(end, word_start + kWordBits);
-      // The boxes' own words: lane l holds those of boxes word_start + l and + l + 32.
-      uint64_t own_low = 0, own_high = 0;
-      if (word_start + lane >= lo && word_start + lane < hi) {
-        own_low = mask[(word_start + lane) * col_blocks + word];
+  for (int64_t w = lane; w < words; w += 32) removed[w] = 0;
+  __syncwarp();
+  for (int64_t word = 0; word < words; ++word) {
+    const int64_t base = word * kNmsWordBits;
+    const int count = static_cast<int>(std::min(segment.length - base, int64_t(kNmsWordBits)));
+    // The boxes' own words: lane l holds those of boxes base + l and base + l + 32.
+    const uint64_t own_low = lane < count ? rows[(base + lane) * words + word] : 0;
+    const uint64_t own_high = lane + 32 < count ? rows[(base + lane + 32) * words + word] : 0;
+    uint64_t suppressed = removed[word];
+    uint64_t kept = 0;
+    for (int bit = 0; bit < count; ++bit) {
+      const uint64_t own = __shfl_sync(kFullWarp, bit < 32 ? own_low : own_high, bit & 31);
+      if (((suppressed >> bit) & 1) == 0) {  // the same in every lane
+        kept |= uint64_t(1) << bit;
+        suppressed |= own;
       }
-      if (word_start + lane + 32 >= lo && word_start + lane + 32 < hi) {
-        own_high = mask[(word_start + lane + 32) * col_blocks + word];
-      }
-      uint64_t suppressed = removed[word - first_word];
-      uint64_t kept = 0;
-      for (int64_t i = lo; i < hi; ++i) {
-        const int bit = static_cast<int>(i - word_start);
-        const uint64_t own = __shfl_sync(kFullWarp, bit < 32 ? own_low : own_high, bit & 31);
-        if (((suppressed >> bit) & 1) == 0) {  // the same in every lane
-          kept |= uint64_t(1) << bit;
-          suppressed |= own;
-        }
-      }
-      for (int bit = lane; bit < kWordBits; bit += 32) {
-        if ((kept >> bit) & 1) {
-          const int64_t q = word_start + bit;
-          kept_by_rank[rank_of != nullptr ? rank_of[q] : q] = true;
-        }
-      }
-      // The kept boxes' rows, ORed into the later words (one lane per word).
-      for (int64_t w = word + 1 + lane; w <= last_word; w += 32) {
-        uint64_t rows = 0;
-        for (uint64_t rest = kept; rest != 0; rest &= rest - 1) {
-          rows |= mask[(word_start + __ffsll(static_cast<long long>(rest)) - 1) * col_blocks + w];
-        }
-        removed[w - first_word] |= rows;
-      }
-      __syncwarp();
     }
+    for (int bit = lane; bit < count; bit += 32) {
+      if ((kept >> bit) & 1) {
+        const int64_t q = segment.start + base + bit;
+        kept_by_rank[rank_of != nullptr ? rank_of[q] : q] = true;
+      }
+    }
+    // The kept boxes' rows, ORed into the later words (one lane per word).
+    if (kept != 0) {
+      for (int64_t w = word + 1 + lane; w < words; w += 32) {
+        uint64_t hits = 0;
+        for (uint64_t rest = kept; rest != 0; rest &= rest - 1) {
+          const int64_t r = base + __ffsll(static_cast<long long>(rest)) - 1;
+          hits |= rows[r * words + w];
+        }
+        removed[w] |= hits;
+      }
+    }
+    __syncwarp();
   }
+}
+
+// fcos_fast::_nms_segment_layout, through the dispatcher (its kernel is device-generic
+// ATen code in ops/nms.cpp).
+at::Tensor segment_layout(const at::Tensor& lengths) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fcos_fast::_nms_segment_layout", "")
+                             .typed<at::Tensor(const at::Tensor&)>();
+  return op.call(lengths);
+}
+
+// A layout table on the device and the totals the host needs from it.
+struct Layout {
+  at::Tensor table;  // [kNmsLayoutRows, stride] int64, contiguous
+  int64_t segments = 0, mask_words = 0, tiles = 0, row_words = 0, max_row_words = 0;
+};
+
+// The layout of sorted `categories` (contiguous runs). Its columns past the last segment
+// describe empty segments, which no kernel reads.
+Layout category_layout(const at::Tensor& categories) {
+  const int64_t n = categories.size(0);
+  const at::TensorOptions options = categories.options().dtype(at::kLong);
+  // The segment of each sweep position: the number of category changes up to it.
+  const at::Tensor changes = categories.slice(0, 1).ne(categories.slice(0, 0, n - 1));
+  const at::Tensor segment_of =
+      at::cat({at::zeros({1}, options), at::cumsum(changes, 0, at::kLong)});
+  // Segment s spans [bounds[s], bounds[s + 1]); past the last segment both are n.
+  const at::Tensor bounds = at::searchsorted(segment_of, at::arange(n + 1, options));
+  Layout layout;
+  layout.table = segment_layout(bounds.slice(0, 1).sub(bounds.slice(0, 0, n))).contiguous();
+  const at::Tensor last = layout.table.select(1, n - 1);
+  const at::Tensor totals =
+      at::stack({segment_of.select(0, n - 1).add(1), last[kNmsMaskEnd], last[kNmsTileEnd],
+                 last[kNmsRowWordsEnd], layout.table[kNmsRowWords].max()})
+          .cpu();  // the synchronisation: segment count and sizes are data
+  const int64_t* host = totals.const_data_ptr<int64_t>();
+  layout.segments = host[0];
+  layout.mask_words = host[1];
+  layout.tiles = host[2];
+  layout.row_words = host[3];
+  layout.max_row_words = host[4];
+  return layout;
+}
+
+// Plain NMS: one segment of all n boxes, laid out on the host and copied without a sync.
+Layout single_segment_layout(int64_t n, const at::Device& device) {
+  const at::Tensor host = segment_layout(at::full({1}, n, at::TensorOptions().dtype(at::kLong)));
+  const int64_t* column = host.const_data_ptr<int64_t>();  // [kNmsLayoutRows, 1]
+  Layout layout;
+  layout.table = host.pin_memory().to(at::TensorOptions().device(device).dtype(at::kLong),
+                                      /*non_blocking=*/true);
+  layout.segments = 1;
+  layout.mask_words = column[kNmsMaskEnd];
+  layout.tiles = column[kNmsTileEnd];
+  layout.row_words = column[kNmsRowWordsEnd];
+  layout.max_row_words = column[kNmsRowWords];
+  return layout;
 }
 
 // Greedy NMS of `boxes` ranked by `scores`; `idxs` (or undefined for plain NMS) are the
@@ -166,56 +266,59 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores,
   const c10::cuda::CUDAGuard device_guard(boxes.device());
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
+  TORCH_CHECK(n <= std::numeric_limits<int32_t>::max(), "nms (CUDA): at most 2^31 - 1 boxes, got ",
+              n);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   const at::Tensor order =
       std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/0, /*descending=*/true));
-  at::Tensor sweep_order = order, rank_of, categories;
+  at::Tensor sweep_order = order, rank_of;
+  Layout layout;
   if (idxs.defined()) {
     rank_of = std::get<1>(at::sort(idxs.index_select(0, order), /*stable=*/true, /*dim=*/0,
                                    /*descending=*/false));
     sweep_order = order.index_select(0, rank_of);
-    categories = idxs.index_select(0, sweep_order);
+    layout = category_layout(idxs.index_select(0, sweep_order));
+  } else {
+    layout = single_segment_layout(n, boxes.device());
   }
+  TORCH_CHECK(layout.tiles <= std::numeric_limits<int32_t>::max(),
+              "nms (CUDA): a category of ", layout.max_row_words * kNmsWordBits,
+              " boxes is too many for the mask kernel's grid");
   const at::Tensor sorted_boxes = boxes.index_select(0, sweep_order).contiguous();
 
-  const int64_t col_blocks = (n + kWordBits - 1) / kWordBits;
-  TORCH_CHECK(col_blocks <= 65535, "nms (CUDA): at most ", 65535 * kWordBits,
-              " boxes, got ", n);
-  const int64_t shared_bytes = col_blocks * static_cast<int64_t>(sizeof(uint64_t));
-  const int max_shared = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
-  TORCH_CHECK(shared_bytes <= max_shared, "nms (CUDA): too many boxes (", n,
-              ") for the sweep's shared memory");
-  // The mask is N x col_blocks words, as torchvision's (uninitialised: every word the
-  // sweep reads is written).
-  at::Tensor mask = at::empty({n * col_blocks}, boxes.options().dtype(at::kLong));
+  // Uninitialised: every word the sweep reads (the diagonal tiles and those right of it)
+  // is written by the mask kernel.
+  at::Tensor mask = at::empty({layout.mask_words}, boxes.options().dtype(at::kLong));
   at::Tensor kept_by_rank = at::zeros({n}, boxes.options().dtype(at::kBool));
-  const int64_t* category_data = categories.defined() ? categories.const_data_ptr<int64_t>()
-                                                      : nullptr;
+  const SegmentTable segments{layout.table.const_data_ptr<int64_t>(), layout.table.stride(0),
+                              layout.segments};
 
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "nms_mask_cuda", [&] {
-    const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(col_blocks));
-    nms_mask_kernel<scalar_t><<<grid, kWordBits, 0, stream>>>(
-        sorted_boxes.const_data_ptr<scalar_t>(), category_data, n, col_blocks,
-        static_cast<scalar_t>(iou_threshold),
+    nms_mask_kernel<scalar_t><<<static_cast<unsigned>(layout.tiles), kNmsWordBits, 0, stream>>>(
+        sorted_boxes.const_data_ptr<scalar_t>(), segments, static_cast<scalar_t>(iou_threshold),
         reinterpret_cast<uint64_t*>(mask.mutable_data_ptr<int64_t>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 
-  if (shared_bytes > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(nms_sweep_kernel,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(shared_bytes)));
+  // Shared memory for the longest segment's removed set, if it fits; longer segments use
+  // a global one (the segments' row-word offsets index it).
+  const int64_t shared_words = std::min(layout.max_row_words, kMaxSharedRemovedWords);
+  at::Tensor global_removed;
+  if (layout.max_row_words > kMaxSharedRemovedWords) {
+    global_removed = at::empty({layout.row_words}, boxes.options().dtype(at::kLong));
   }
-  // Plain NMS is one segment; batched, a block per candidate segment start.
-  const unsigned sweep_blocks =
-      categories.defined() ? static_cast<unsigned>(std::min<int64_t>(n, 4096)) : 1;
-  nms_sweep_kernel<<<sweep_blocks, 32, shared_bytes, stream>>>(
-      reinterpret_cast<const uint64_t*>(mask.const_data_ptr<int64_t>()), category_data, n,
-      col_blocks, rank_of.defined() ? rank_of.const_data_ptr<int64_t>() : nullptr,
+  uint64_t* global_removed_data =
+      global_removed.defined()
+          ? reinterpret_cast<uint64_t*>(global_removed.mutable_data_ptr<int64_t>())
+          : nullptr;
+  const size_t shared_bytes = static_cast<size_t>(shared_words) * sizeof(uint64_t);
+  nms_sweep_kernel<<<static_cast<unsigned>(layout.segments), 32, shared_bytes, stream>>>(
+      reinterpret_cast<const uint64_t*>(mask.const_data_ptr<int64_t>()), segments, shared_words,
+      global_removed_data, rank_of.defined() ? rank_of.const_data_ptr<int64_t>() : nullptr,
       kept_by_rank.mutable_data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  // The one synchronisation: the number of kept boxes sizes the output.
+  // The kept count sizes the output: the synchronisation every NMS has.
   return order.masked_select(kept_by_rank);
 }
 
