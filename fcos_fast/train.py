@@ -32,6 +32,7 @@ from fcos_fast.engine.build import build_model, build_optimizer, build_schedule
 from fcos_fast.engine.distributed import (barrier, cleanup, get_rank, get_world_size,
                                           init_distributed, is_distributed, is_main_process)
 from fcos_fast.engine.evaluation import evaluate
+from fcos_fast.engine.precision import resolve_precision, use_channels_last
 from fcos_fast.engine.hooks import (Checkpointer, EvalHook, LRScheduler, MetricsWriter,
                                     PeriodicCheckpointer, TimeBudget)
 from fcos_fast.engine.schedule import build_scheduler
@@ -149,13 +150,16 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
                 config.data.dataset, len(train_set), len(val_set), train_set.class_names)
 
     model = build_model(config, train_set.num_classes).to(device)
+    if use_channels_last(solver.channels_last, device):
+        model.to(memory_format=torch.channels_last)
     if world_size > 1 and config.model.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(config, model)
     schedule = build_schedule(config)
     scheduler = build_scheduler(optimizer, schedule)
-    amp = solver.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    precision = resolve_precision(solver.amp, device)
+    logger.info("precision: %s (%s)", precision.name, precision.reason)
+    scaler = precision.grad_scaler()
     checkpointer = Checkpointer(model, optimizer, scheduler, scaler, extra={
         "config": config.to_dict(), "class_names": train_set.class_names,
         "label_to_category_id": train_set.label_to_category_id})
@@ -184,7 +188,8 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
                         seed=config.train.seed, rank=get_rank(), world_size=world_size,
                         start_iter=start_iter, num_workers=config.data.num_workers)
     trainer = Trainer(trained_model, optimizer, data, max_iter=max_iter, start_iter=start_iter,
-                      device=device, amp=amp, scaler=scaler, clip_grad_norm=solver.clip_grad_norm)
+                      device=device, precision=precision, scaler=scaler,
+                      clip_grad_norm=solver.clip_grad_norm)
 
     def run_evaluation():
         _sync_buffers(model)

@@ -132,7 +132,7 @@ def test_default_run_meets_the_acceptance(tmp_path):
 @pytest.mark.cuda
 def test_amp_training_on_cuda(tmp_path):
     out = tmp_path / "run"
-    overrides = tiny_overrides(tmp_path, **{"train.device": "cuda", "solver.amp": "true"})
+    overrides = tiny_overrides(tmp_path, **{"train.device": "cuda", "solver.amp": "fp16"})
     assert train.main(["--out", str(out), "--no-progress", "--set", *overrides]) == 0
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["scaler"]["scale"] > 0  # the gradient scaler ran

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from fcos_fast.engine.distributed import all_true
+from fcos_fast.engine.precision import Precision
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,9 @@ class Trainer:
         max_iter: number of steps of the whole run.
         start_iter: steps already done (when resuming).
         device: where images and targets go.
-        amp: float16 autocast with ``scaler`` (CUDA).
-        scaler: ``torch.amp.GradScaler`` (disabled when not using AMP).
+        precision: autocast of the forward pass (``fcos_fast.engine.precision``); None:
+            float32.
+        scaler: ``torch.amp.GradScaler`` (enabled only for float16).
         clip_grad_norm: clip the gradients' total L2 norm to this; None: no clipping.
         max_consecutive_skips: after this many non-finite steps in a row, raise
             ``FloatingPointError`` (the run has diverged).
@@ -71,11 +73,13 @@ class Trainer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                  data: Iterator[tuple[list[Tensor], list[dict[str, Any]]]], *, max_iter: int,
                  start_iter: int = 0, device: torch.device = torch.device("cpu"),
-                 amp: bool = False, scaler: torch.amp.GradScaler | None = None,
+                 precision: Precision | None = None,
+                 scaler: torch.amp.GradScaler | None = None,
                  clip_grad_norm: float | None = None, max_consecutive_skips: int = 10) -> None:
         self.model, self.optimizer, self.data = model, optimizer, data
         self.max_iter, self.start_iter, self.iter = max_iter, start_iter, start_iter
-        self.device, self.amp = device, amp
+        self.device = device
+        self.precision = precision or Precision("fp32", device.type)
         self.scaler = scaler if scaler is not None else torch.amp.GradScaler(enabled=False)
         self.clip_grad_norm = clip_grad_norm
         self.max_consecutive_skips = max_consecutive_skips
@@ -119,7 +123,7 @@ class Trainer:
         targets = [{key: value.to(self.device, non_blocking=True) if isinstance(value, Tensor)
                     else value for key, value in target.items()} for target in targets]
 
-        with torch.autocast(self.device.type, enabled=self.amp):
+        with self.precision.autocast():
             loss_dict = self.model(images, targets)
         loss = sum(loss_dict.values())
         self.loss_dict = {name: value.detach() for name, value in loss_dict.items()}

@@ -12,8 +12,9 @@ import os
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 import torchvision
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -26,6 +27,27 @@ FPN_STRIDES = (8, 16, 32, 64, 128)
 # ResNet stages from the last one backwards, in the order they become trainable; "bn1"
 # goes with "conv1" when the whole network is trained (torchvision's convention).
 _STAGES_FROM_TOP = ("layer4", "layer3", "layer2", "layer1", "conv1")
+
+
+class LastLevelP6P7Float32(LastLevelP6P7):
+    """torchvision's P6/P7 block (same parameters and names), computed in float32.
+
+    Under bfloat16 autocast on the CPU, oneDNN's weight gradient of a 3x3 stride-2
+    convolution over a 1x1 input is garbage on some CPUs (uninitialised memory: values of
+    1e38, inf or NaN, different on every call; seen with torch 2.14.1 on an AMX Xeon) —
+    and P6/P7 see 1x1 inputs for images up to 64 px. Both levels are tiny (P6 has 1/64 of
+    P3's points), so float32 costs next to nothing here.
+    """
+
+    def forward(self, p: list[Tensor], c: list[Tensor], names: list[str]
+                ) -> tuple[list[Tensor], list[str]]:
+        source = p[-1] if self.use_P5 else c[-1]
+        with torch.autocast(source.device.type, enabled=False):
+            p6 = self.p6(source.float())
+            p7 = self.p7(F.relu(p6))
+        p.extend([p6, p7])
+        names.extend(["p6", "p7"])
+        return p, names
 
 
 def resnet_fpn_backbone(name: str = "resnet50", *, weights_path: str | os.PathLike | None = None,
@@ -90,5 +112,5 @@ def resnet_fpn_backbone(name: str = "resnet50", *, weights_path: str | os.PathLi
         return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
         in_channels_list=[stage_channels * 2, stage_channels * 4, stage_channels * 8],
         out_channels=out_channels,
-        extra_blocks=LastLevelP6P7(out_channels, out_channels),
+        extra_blocks=LastLevelP6P7Float32(out_channels, out_channels),
     )

@@ -133,9 +133,12 @@ class FCOS(nn.Module):
                              tuple(image_list.tensors.shape[-2:]), self.strides,
                              device=image_list.tensors.device)
 
-        if self.training:
-            return self.compute_losses(outputs, points, targets)
-        detections = self.detect(outputs, points, image_list.image_sizes)
+        # Under autocast only the network runs in low precision: targets, losses and
+        # post-processing (and the fused ops in them) are float32.
+        with torch.autocast(image_list.tensors.device.type, enabled=False):
+            if self.training:
+                return self.compute_losses(outputs, points, targets)
+            detections = self.detect(outputs, points, image_list.image_sizes)
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
 
     def compute_losses(self, outputs: HeadOutputs, points: Points,
