@@ -15,7 +15,7 @@ from pathlib import Path
 from fcos_fast.config import Config, from_dict, load_config, merge, parse_overrides
 from fcos_fast.data import DatasetError, build_dataset
 from fcos_fast.engine.build import load_trained_model
-from fcos_fast.engine.checkpoint import load_checkpoint
+from fcos_fast.engine.checkpoint import CheckpointError, load_checkpoint
 from fcos_fast.engine.distributed import cleanup, init_distributed, is_main_process
 from fcos_fast.engine.evaluation import evaluate
 from fcos_fast.engine.hooks import write_metrics
@@ -43,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    config = checkpoint_config(args.checkpoint, args.config, args.set)
+    try:
+        config = checkpoint_config(args.checkpoint, args.config, args.set)
+    except (CheckpointError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     split = args.split or config.data.val_split
     device = init_distributed(resolve_device(config.train.device))
     try:
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             write_metrics({**metrics, "checkpoint": str(args.checkpoint), "split": split},
                           out / "metrics.json")
             print(f"metrics written to {out / 'metrics.json'}")
-    except DatasetError as error:
+    except (DatasetError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:

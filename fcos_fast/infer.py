@@ -19,6 +19,7 @@ import torch
 
 from fcos_fast.data import DatasetError, build_dataset, load_image
 from fcos_fast.engine.build import load_trained_model
+from fcos_fast.engine.checkpoint import CheckpointError
 from fcos_fast.evaluate import checkpoint_config
 from fcos_fast.train import resolve_device
 from fcos_fast.visualize import draw_detections, montage
@@ -72,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="config overrides, e.g. model.backend=reference")
     args = parser.parse_args(argv)
 
-    config = checkpoint_config(args.checkpoint, args.config, args.set)
-    device = resolve_device(config.train.device)
     try:
+        config = checkpoint_config(args.checkpoint, args.config, args.set)
+        device = resolve_device(config.train.device)
         model, config, class_names = load_trained_model(args.checkpoint, config, device=device)
         if args.inputs:
             paths = find_images(args.inputs)
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                                for box, score, label in zip(boxes.tolist(), scores.tolist(),
                                                             labels.tolist())],
             })
-    except (DatasetError, FileNotFoundError) as error:
+    except (DatasetError, CheckpointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     (out / "detections.json").write_text(json.dumps(records, indent=1) + "\n")

@@ -5,8 +5,9 @@ with the shipped ``synthetic.yaml``, sized to finish within 10 minutes on a 2-co
 Several processes: ``torchrun --nproc_per_node N -m fcos_fast.train ...`` (DDP; NCCL on
 GPUs, gloo on CPUs).
 
-The output folder receives ``config.yaml``, ``checkpoint.pt`` (written atomically;
-``--resume`` continues from it exactly), ``metrics.jsonl`` and ``tensorboard/`` (losses,
+The output folder receives ``config.yaml``, ``checkpoint.pt`` (written atomically, the
+one it replaces kept as ``checkpoint.previous.pt``; ``--resume`` continues from it exactly,
+or from the previous one if it cannot be read), ``metrics.jsonl`` and ``tensorboard/`` (losses,
 LR, mAP), ``log.txt``, and at the end ``metrics.json`` with the evaluation on the
 validation split.
 """
@@ -29,6 +30,7 @@ from torch import nn
 from fcos_fast.config import DEFAULT_CONFIG, Config, load_config
 from fcos_fast.data import DatasetError, build_dataset, build_train_transform, train_loader
 from fcos_fast.engine.build import build_model, build_optimizer, build_schedule
+from fcos_fast.engine.checkpoint import CheckpointError, previous_path
 from fcos_fast.engine.distributed import (barrier, cleanup, get_rank, get_world_size,
                                           init_distributed, is_distributed, is_main_process)
 from fcos_fast.engine.evaluation import evaluate
@@ -142,8 +144,9 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
         torch.set_num_threads(config.train.num_threads)
     _seed_everything(config.train.seed)
     checkpoint_path = out_dir / "checkpoint.pt"
-    if resume and not checkpoint_path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
+    if resume and not (checkpoint_path.is_file() or previous_path(checkpoint_path).is_file()):
+        raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}; train without "
+                                f"--resume to start a new run there")
 
     train_set, val_set = _build_datasets(config)
     logger.info("data: %s, %d training and %d validation images, classes %s",
@@ -167,7 +170,6 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
     start_iter, max_iter = 0, solver.max_iters
     if resume:
         start_iter, max_iter = checkpointer.resume(checkpoint_path)
-        logger.info("resumed from %s at iteration %d of %d", checkpoint_path, start_iter, max_iter)
     elif checkpoint_path.exists():
         logger.warning("%s exists and will be overwritten (--resume continues it)",
                        checkpoint_path)
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(config, out, resume=args.resume, started_at=started_at,
             progress=not args.no_progress)
-    except DatasetError as error:
+    except (DatasetError, CheckpointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -73,6 +73,17 @@ def test_infer_missing_input(run, tmp_path, capsys):
     assert "nope.jpg" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["evaluate", "infer"])
+def test_torn_checkpoint_is_a_one_line_error(run, tmp_path, capsys, command):
+    torn = tmp_path / "checkpoint.pt"
+    data = (run / "checkpoint.pt").read_bytes()
+    torn.write_bytes(data[: len(data) // 3])
+    main = evaluate.main if command == "evaluate" else infer.main
+    assert main(["--checkpoint", str(torn), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and str(torn) in error[0] and "truncated or corrupt" in error[0]
+
+
 def test_checkpoint_gives_the_trained_model(run):
     model, config, names = load_trained_model(run / "checkpoint.pt")
     assert not model.training and names == ["circle", "square", "triangle"]

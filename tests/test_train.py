@@ -79,10 +79,67 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     assert metrics[0]["mAP"] == metrics[1]["mAP"]
 
 
-def test_resume_without_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        train.main(["--out", str(tmp_path / "none"), "--resume", "--no-progress",
-                    "--set", *tiny_overrides(tmp_path)])
+def test_resume_without_checkpoint(tmp_path, capsys):
+    code = train.main(["--out", str(tmp_path / "none"), "--resume", "--no-progress",
+                       "--set", *tiny_overrides(tmp_path)])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "--resume: no checkpoint at" in error[0]
+
+
+def _interrupt_at(monkeypatch, iteration: int) -> None:
+    run_step = Trainer.run_step
+
+    def crash(self):
+        if self.iter == iteration:
+            raise KeyboardInterrupt
+        run_step(self)
+
+    monkeypatch.setattr(Trainer, "run_step", crash)
+
+
+def _tear(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_resume_falls_back_to_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    """A torn newest checkpoint: --resume warns and continues from the previous one, and
+    the run still ends exactly where an uninterrupted one does."""
+    overrides = tiny_overrides(tmp_path, **{"train.checkpoint_period": 2})
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train.main(["--out", str(straight), "--no-progress", "--set", *overrides])
+
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 5)  # checkpoints of iterations 2 and 4 are on disk
+        with pytest.raises(KeyboardInterrupt):
+            train.main(["--out", str(interrupted), "--no-progress", "--set", *overrides])
+    assert load_checkpoint(interrupted / "checkpoint.previous.pt")["iteration"] == 2
+    _tear(interrupted / "checkpoint.pt")
+    capsys.readouterr()
+    assert train.main(["--out", str(interrupted), "--resume", "--no-progress",
+                       "--set", *overrides]) == 0
+    log = (interrupted / "log.txt").read_text()
+    assert "falling back to the previous checkpoint" in log and "cannot be read" in log
+    assert "resumed from" in log and "at iteration 2 of 6" in log
+    expected, resumed = (load_checkpoint(p / "checkpoint.pt") for p in (straight, interrupted))
+    for key, value in expected["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+
+def test_resume_with_no_usable_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
+    overrides = tiny_overrides(tmp_path, **{"train.checkpoint_period": 2})
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 5)
+        with pytest.raises(KeyboardInterrupt):
+            train.main(["--out", str(out), "--no-progress", "--set", *overrides])
+    _tear(out / "checkpoint.pt")
+    _tear(out / "checkpoint.previous.pt")
+    capsys.readouterr()
+    code = train.main(["--out", str(out), "--resume", "--no-progress", "--set", *overrides])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert error[-1].startswith("error: checkpoint ") and "previous one is unusable" in error[-1]
+    assert "Traceback" not in "\n".join(error)
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path, capsys):

@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fcos_fast.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fcos_fast.engine.checkpoint import (load_checkpoint_or_previous, rng_state, save_checkpoint,
+                                        set_rng_state)
 from fcos_fast.engine.distributed import (all_gather_objects, broadcast_object, get_rank,
                                           get_world_size, is_distributed, is_main_process)
 from fcos_fast.engine.schedule import WarmupSchedule
@@ -135,8 +136,10 @@ class Checkpointer:
             }, path)
 
     def resume(self, path: str | Path) -> tuple[int, int]:
-        """Restore everything from ``path``; returns ``(iteration, max_iter)``."""
-        state = load_checkpoint(path)
+        """Restore everything from ``path`` — or from the previous checkpoint kept beside
+        it when ``path`` is missing or unreadable (with a warning); returns
+        ``(iteration, max_iter)``."""
+        state, path = load_checkpoint_or_previous(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -147,11 +150,14 @@ class Checkpointer:
         else:
             logger.warning("checkpoint %s was written by %d processes, not %d: RNG states "
                            "not restored", path, len(states), get_world_size())
+        logger.info("resumed from %s at iteration %d of %d", path, state["iteration"],
+                    state["max_iter"])
         return state["iteration"], state["max_iter"]
 
 
 class PeriodicCheckpointer(HookBase):
-    """Saves ``<out_dir>/checkpoint.pt`` every ``period`` steps and at the end."""
+    """Saves ``<out_dir>/checkpoint.pt`` every ``period`` steps and at the end (the one it
+    replaces stays as ``checkpoint.previous.pt``)."""
 
     def __init__(self, checkpointer: Checkpointer, out_dir: str | Path, period: int) -> None:
         self.checkpointer, self.path, self.period = checkpointer, Path(out_dir) / "checkpoint.pt", period
