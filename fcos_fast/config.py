@@ -25,6 +25,9 @@ import yaml
 DEFAULT_CONFIG = "synthetic.yaml"
 
 
+#: The values of ``solver.optimizer``.
+OPTIMIZERS = ("sgd", "adamw")
+
 #: The values of ``solver.amp`` (``fcos_fast.engine.precision`` resolves them).
 PRECISION_CHOICES = ("auto", "bf16", "fp16", "fp32")
 
@@ -117,7 +120,8 @@ class ModelConfig:
 
 @dataclass
 class SolverConfig:
-    """Optimisation: SGD with momentum, linear warm-up, then a cosine or step schedule.
+    """Optimisation: SGD with momentum (or AdamW), linear warm-up, then a cosine or step
+    schedule.
 
     ``batch_size`` is the total over all processes. ``max_minutes`` bounds the wall time
     of the whole ``train`` command (data preparation and the final evaluation included):
@@ -126,6 +130,8 @@ class SolverConfig:
     """
 
     batch_size: int = 16
+    #: ``sgd`` (with momentum) or ``adamw`` (``momentum`` is then its beta1).
+    optimizer: str = "sgd"
     base_lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -150,6 +156,9 @@ class SolverConfig:
     def __post_init__(self) -> None:
         if isinstance(self.amp, bool):
             self.amp = "auto" if self.amp else "fp32"
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"solver.optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                              f"got {self.optimizer!r}")
         if self.amp not in PRECISION_CHOICES:
             raise ConfigError(f"solver.amp must be one of {', '.join(PRECISION_CHOICES)}, "
                               f"got {self.amp!r}")

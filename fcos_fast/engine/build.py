@@ -37,16 +37,21 @@ def build_model(config: Config, num_classes: int) -> FCOS:
                 backend=m.backend, _skip_resize=True)
 
 
-def build_optimizer(config: Config, model: nn.Module) -> torch.optim.SGD:
-    """SGD with momentum; no weight decay on normalisation layers (detectron2's default)."""
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """``solver.optimizer``: SGD with momentum, or AdamW (``solver.momentum`` as beta1);
+    no weight decay on normalisation layers (detectron2's default)."""
     solver = config.solver
     decay, no_decay = [], []
     for module in model.modules():
         for parameter in module.parameters(recurse=False):
             if parameter.requires_grad:
                 (no_decay if isinstance(module, _NORMS) else decay).append(parameter)
-    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD([group for group in groups if group["params"]], lr=solver.base_lr, momentum=solver.momentum,
+    groups = [group for group in ({"params": decay}, {"params": no_decay, "weight_decay": 0.0})
+              if group["params"]]
+    if solver.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=solver.base_lr, betas=(solver.momentum, 0.999),
+                                 weight_decay=solver.weight_decay)
+    return torch.optim.SGD(groups, lr=solver.base_lr, momentum=solver.momentum,
                            weight_decay=solver.weight_decay)
 
 
