@@ -12,23 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from fcos_fast.config import Config, from_dict, load_config, merge, parse_overrides
-from fcos_fast.data import DatasetError, build_dataset
+from fcos_fast.data import build_dataset
 from fcos_fast.engine.build import load_trained_model
-from fcos_fast.engine.checkpoint import CheckpointError, load_checkpoint
+from fcos_fast.engine.cli import checkpoint_config, report_user_errors, resolve_device
 from fcos_fast.engine.distributed import cleanup, init_distributed, is_main_process
 from fcos_fast.engine.evaluation import evaluate
 from fcos_fast.engine.hooks import write_metrics
-from fcos_fast.train import resolve_device
-
-
-def checkpoint_config(checkpoint: str | Path, config_file: str | None,
-                      overrides: list[str]) -> Config:
-    """``config_file`` (or the checkpoint's own config) with ``overrides`` applied."""
-    if config_file is not None:
-        return load_config(config_file, overrides)
-    stored = load_checkpoint(checkpoint)["config"]
-    return from_dict(merge(stored, parse_overrides(overrides)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,12 +31,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="config overrides, e.g. model.backend=reference")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    return report_user_errors(lambda: _evaluate(args))
 
-    try:
-        config = checkpoint_config(args.checkpoint, args.config, args.set)
-    except (CheckpointError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+def _evaluate(args: argparse.Namespace) -> int:
+    config = checkpoint_config(args.checkpoint, args.config, args.set)
     split = args.split or config.data.val_split
     device = init_distributed(resolve_device(config.train.device))
     try:
@@ -62,9 +50,6 @@ def main(argv: list[str] | None = None) -> int:
             write_metrics({**metrics, "checkpoint": str(args.checkpoint), "split": split},
                           out / "metrics.json")
             print(f"metrics written to {out / 'metrics.json'}")
-    except (DatasetError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     finally:
         cleanup()
     return 0

@@ -17,11 +17,9 @@ from pathlib import Path
 
 import torch
 
-from fcos_fast.data import DatasetError, build_dataset, load_image
+from fcos_fast.data import build_dataset, load_image
 from fcos_fast.engine.build import load_trained_model
-from fcos_fast.engine.checkpoint import CheckpointError
-from fcos_fast.evaluate import checkpoint_config
-from fcos_fast.train import resolve_device
+from fcos_fast.engine.cli import checkpoint_config, report_user_errors, resolve_device
 from fcos_fast.visualize import draw_detections, montage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -72,40 +70,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. model.backend=reference")
     args = parser.parse_args(argv)
+    return report_user_errors(lambda: _infer(args))
 
-    try:
-        config = checkpoint_config(args.checkpoint, args.config, args.set)
-        device = resolve_device(config.train.device)
-        model, config, class_names = load_trained_model(args.checkpoint, config, device=device)
-        if args.inputs:
-            paths = find_images(args.inputs)
-        else:
-            dataset = build_dataset(config, args.split or config.data.val_split)
-            paths = [dataset.image_path(i) for i in range(min(args.num_images, len(dataset)))]
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        unique_names = len({path.stem for path in paths}) == len(paths)
-        records, pictures = [], []
-        for index, (path, image, found) in enumerate(
-                detect(model, paths, batch_size=config.train.eval_batch_size, device=device)):
-            keep = found["scores"] > args.score_thresh
-            boxes, scores, labels = found["boxes"][keep], found["scores"][keep], found["labels"][keep]
-            scale = args.scale or max(1, -(-384 // max(image.shape[1:])))
-            picture = draw_detections(image, boxes, labels, scores, class_names, scale=scale)
-            name = f"{path.stem}.png" if unique_names else f"{index:04d}_{path.stem}.png"
-            picture.save(out / name)
-            pictures.append(picture)
-            records.append({
-                "image": str(path), "picture": name,
-                "width": image.shape[2], "height": image.shape[1],
-                "detections": [{"box": [round(v, 2) for v in box], "score": round(score, 4),
-                                "label": label, "class_name": class_names[label]}
-                               for box, score, label in zip(boxes.tolist(), scores.tolist(),
-                                                            labels.tolist())],
-            })
-    except (DatasetError, CheckpointError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+def _infer(args: argparse.Namespace) -> int:
+    config = checkpoint_config(args.checkpoint, args.config, args.set)
+    device = resolve_device(config.train.device)
+    model, config, class_names = load_trained_model(args.checkpoint, config, device=device)
+    if args.inputs:
+        paths = find_images(args.inputs)
+    else:
+        dataset = build_dataset(config, args.split or config.data.val_split)
+        paths = [dataset.image_path(i) for i in range(min(args.num_images, len(dataset)))]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    unique_names = len({path.stem for path in paths}) == len(paths)
+    records, pictures = [], []
+    for index, (path, image, found) in enumerate(
+            detect(model, paths, batch_size=config.train.eval_batch_size, device=device)):
+        keep = found["scores"] > args.score_thresh
+        boxes, scores, labels = found["boxes"][keep], found["scores"][keep], found["labels"][keep]
+        scale = args.scale or max(1, -(-384 // max(image.shape[1:])))
+        picture = draw_detections(image, boxes, labels, scores, class_names, scale=scale)
+        name = f"{path.stem}.png" if unique_names else f"{index:04d}_{path.stem}.png"
+        picture.save(out / name)
+        pictures.append(picture)
+        records.append({
+            "image": str(path), "picture": name,
+            "width": image.shape[2], "height": image.shape[1],
+            "detections": [{"box": [round(v, 2) for v in box], "score": round(score, 4),
+                            "label": label, "class_name": class_names[label]}
+                           for box, score, label in zip(boxes.tolist(), scores.tolist(),
+                                                        labels.tolist())],
+        })
     (out / "detections.json").write_text(json.dumps(records, indent=1) + "\n")
     montage(pictures).save(out / "grid.png")
     print(f"{len(records)} images with {sum(len(r['detections']) for r in records)} detections "

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fcos_fast.config import DEFAULT_CONFIG, Config, load_config
-from fcos_fast.data import DatasetError, build_dataset, build_train_transform, train_loader
+from fcos_fast.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from fcos_fast.data import build_dataset, build_train_transform, train_loader
 from fcos_fast.engine.build import build_model, build_optimizer, build_schedule
-from fcos_fast.engine.checkpoint import CheckpointError, previous_path
+from fcos_fast.engine.checkpoint import previous_path
+from fcos_fast.engine.cli import report_user_errors, resolve_device, setup_logging
 from fcos_fast.engine.distributed import (barrier, cleanup, get_rank, get_world_size,
                                           init_distributed, is_distributed, is_main_process)
 from fcos_fast.engine.evaluation import evaluate
@@ -41,44 +42,6 @@ from fcos_fast.engine.schedule import build_scheduler
 from fcos_fast.engine.trainer import Trainer
 
 logger = logging.getLogger("fcos_fast")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but CUDA is not available")
-    return device
-
-
-class _TqdmHandler(logging.StreamHandler):
-    """Log lines that do not tear the progress bar."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-
-        tqdm.write(self.format(record), file=sys.stderr)
-
-
-def setup_logging(out_dir: Path | None = None) -> None:
-    """``fcos_fast`` log to stderr (rank 0: info, others: warnings) and ``out_dir/log.txt``."""
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    prefix = f"[rank {get_rank()}] " if is_distributed() else ""
-    formatter = logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
-                                  "%H:%M:%S")
-    console = _TqdmHandler()
-    console.setLevel(logging.INFO if is_main_process() else logging.WARNING)
-    console.setFormatter(formatter)
-    logger.addHandler(console)
-    if out_dir is not None and is_main_process():
-        file = logging.FileHandler(out_dir / "log.txt")
-        file.setFormatter(formatter)
-        logger.addHandler(file)
 
 
 def _seed_everything(seed: int) -> None:
@@ -138,8 +101,8 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
            started_at: float, progress: bool) -> dict[str, Any]:
     solver, world_size = config.solver, get_world_size()
     if solver.batch_size % world_size:
-        raise ValueError(f"solver.batch_size ({solver.batch_size}) must be a multiple of the "
-                         f"number of processes ({world_size})")
+        raise ConfigError(f"solver.batch_size ({solver.batch_size}) must be a multiple of the "
+                          f"number of processes ({world_size})")
     if config.train.num_threads > 0:
         torch.set_num_threads(config.train.num_threads)
     _seed_everything(config.train.seed)
@@ -239,15 +202,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     started_at = time.time()
     args = parse_args(argv)
-    config = load_config(args.config, args.set)
-    out = args.out or str(Path("runs") / Path(args.config or DEFAULT_CONFIG).stem)
-    try:
+
+    def command() -> int:
+        config = load_config(args.config, args.set)
+        out = args.out or str(Path("runs") / Path(args.config or DEFAULT_CONFIG).stem)
         run(config, out, resume=args.resume, started_at=started_at,
             progress=not args.no_progress)
-    except (DatasetError, CheckpointError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return report_user_errors(command)
 
 
 if __name__ == "__main__":
