@@ -71,12 +71,17 @@ def quantiles(samples_s: list[float]) -> tuple[float, float, float]:
 
 
 def run_benchmark(benchmark, fn: Callable[[], object], device: torch.device, *,
-                  budget_s: float = 1.5, max_rounds: int = 50) -> tuple[float, float, float]:
+                  budget_s: float | None = None,
+                  max_rounds: int = 50) -> tuple[float, float, float]:
     """Time ``fn`` with pytest-benchmark, synchronising the device around each call.
 
     The number of rounds fits a time budget (at least 3), since the slow baselines take
-    seconds a call on CPU.
+    seconds a call on CPU: ``budget_s``, else ``$FCOS_FAST_BENCH_BUDGET_S`` (which
+    ``benchmarks.run --quick`` sets), else 1.5 s.
     """
+    if budget_s is None:
+        budget_s = float(os.environ.get("FCOS_FAST_BENCH_BUDGET_S", "1.5"))
+
     def timed():
         result = fn()
         synchronize(device)

@@ -7,6 +7,7 @@ baseline each op replaces: torchvision's code, or a per-class ``torch.topk`` loo
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 from collections import defaultdict
@@ -119,8 +120,12 @@ def write_reports(results_dir: Path = RESULTS_DIR) -> list[Path]:
         rows = latest_run(rows)
         md_path = json_path.with_suffix(".md")
         write_atomically(md_path, markdown(rows))
+        written.append(md_path)
+        if importlib.util.find_spec("matplotlib") is None:  # e.g. a bare GPU machine
+            print(f"matplotlib is not installed: no plot beside {md_path}")
+            continue
         plot(rows, json_path.with_suffix(".png"))
-        written += [md_path, json_path.with_suffix(".png")]
+        written.append(json_path.with_suffix(".png"))
     return written
 
 

@@ -3,61 +3,288 @@
 #
 #     bash scripts/gpu_check.sh OUTDIR
 #
-# builds fcos_fast._C with its CUDA kernels against the torch already installed, runs the
-# CUDA tests (`pytest -m cuda`), runs the native CUDA kernels under compute-sanitizer
-# (memcheck) at small size, runs every benchmark suite on the GPU, and writes the results
-# JSON, the markdown table, the PNG plot and the logs to OUTDIR. Wheels for missing test
-# tools (pytest, hypothesis, pytest-benchmark, expecttest, pycocotools) may be put in
-# ./wheels for machines with no package index.
+# Steps, each timed (seconds per step on screen and in OUTDIR/timing.tsv), every log in
+# OUTDIR:
+#   environment  nvidia-smi, versions; is a GPU visible?
+#   tools        test tools that are missing, installed from ./wheels when that folder
+#                exists (the GPU machine may have no network: nothing else is fetched)
+#   build        fcos_fast._C with its CUDA kernels for this GPU (MAX_JOBS = all cores);
+#                fails if any op lacks a CUDA kernel or Triton is not available on CUDA
+#   pytest       `pytest -m cuda` with a JUnit XML; fails on any failure or error, on
+#                any skipped `cuda` test, and when no test ran. A test that fails only
+#                because an optional tool is not installed (pycocotools, expecttest) is
+#                listed as not run, not counted as a failure.
+#   sanitizers   compute-sanitizer memcheck, racecheck and synccheck on
+#                scripts/cuda_smoke.py for FCOS_FAST_BACKEND=native and =triton: six
+#                runs side by side (memcheck without PyTorch's caching allocator, so that
+#                an access past a tensor's end is past an allocation's end)
+#   benchmarks   python -m benchmarks.run --quick: <device>.json rows, <device>.md table
+#                (and <device>.png when matplotlib is installed) in OUTDIR
+#
+# Exit status: 0 every step passed; 1 a step failed (OUTDIR/summary.txt says which);
+# 2 no CUDA GPU is visible: it says so and runs nothing (the CPU checks are `make test`).
+# Sized to finish within 8 minutes on one H100/H200 with 16 cores, build included; the
+# total is printed and a run over budget is flagged in the summary.
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python3}
+BUDGET_S=480
+SANITIZER_TIMEOUT_S=${SANITIZER_TIMEOUT_S:-300}
+: > "$OUT/timing.tsv"
+: > "$OUT/summary.txt"
 status=0
+check_start=$(date +%s%N)
 
-step() { echo; echo "=== $* ==="; }
+elapsed_s() {  # seconds since $1 (date +%s%N), to the millisecond
+  local ms=$((($(date +%s%N) - $1) / 1000000))
+  printf '%d.%03d' $((ms / 1000)) $((ms % 1000))
+}
 
-step "environment" | tee "$OUT/env.log"
-{ nvidia-smi || true; $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name())"; } 2>&1 | tee -a "$OUT/env.log"
-
-step "test tools"
-for module in pytest hypothesis pytest_benchmark expecttest; do
-  if ! $PY -c "import $module" 2>/dev/null; then
-    if [ -d wheels ]; then
-      $PY -m pip install -q --no-index --find-links wheels "${module//_/-}" || true
-    else
-      $PY -m pip install -q "${module//_/-}" || true
-    fi
+# run_step NAME FUNCTION: runs it, times it, records PASS/FAIL.
+run_step() {
+  local name=$1 start rc seconds
+  echo
+  echo "=== $name ==="
+  start=$(date +%s%N)
+  "$2"
+  rc=$?
+  seconds=$(elapsed_s "$start")
+  printf '%s\t%s\n' "$name" "$seconds" >> "$OUT/timing.tsv"
+  if [ "$rc" -eq 0 ]; then
+    echo "--- $name: passed in ${seconds}s"
+    printf 'PASS  %-12s %8ss\n' "$name" "$seconds" >> "$OUT/summary.txt"
+  else
+    echo "--- $name: FAILED in ${seconds}s (exit $rc)"
+    printf 'FAIL  %-12s %8ss  (exit %s)\n' "$name" "$seconds" "$rc" >> "$OUT/summary.txt"
+    status=1
   fi
-done
+  return "$rc"
+}
 
-step "build (CUDA kernels for this GPU)"
-export MAX_JOBS=${MAX_JOBS:-16}
-if ! $PY -m pip install --no-build-isolation --no-deps -e . 2>&1 | tee "$OUT/build.log" | tail -5; then
-  echo "build failed: see $OUT/build.log"; exit 1
+finish() {
+  local total
+  total=$(elapsed_s "$check_start")
+  printf 'total\t%s\n' "$total" >> "$OUT/timing.tsv"
+  if [ "${total%.*}" -gt "$BUDGET_S" ]; then
+    echo "OVER BUDGET: ${total}s > ${BUDGET_S}s" | tee -a "$OUT/summary.txt"
+  fi
+  echo "total ${total}s, exit $1" >> "$OUT/summary.txt"
+  echo
+  cat "$OUT/summary.txt"
+  echo "results and logs in $OUT"
+  exit "$1"
+}
+
+# ----------------------------------------------------------------- steps
+
+step_environment() {
+  {
+    nvidia-smi 2>/dev/null || echo "nvidia-smi: not available"
+    $PY -c "import sys, torch, triton, torchvision; print('python', sys.version.split()[0], \
+'torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__, \
+'triton', triton.__version__)"
+    command -v nvcc || echo "nvcc: not on PATH"
+    echo "cores: $(nproc)"
+  } 2>&1 | tee "$OUT/env.log"
+}
+
+gpu_visible_to_torch() {
+  $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
+}
+
+gpu_visible_to_driver() {
+  nvidia-smi -L 2>/dev/null | grep -q '^GPU'
+}
+
+step_tools() {
+  local missing=0 entry module package
+  # module:pip-package. The first three are needed; the rest have fallbacks.
+  for entry in pytest:pytest hypothesis:hypothesis pytest_benchmark:pytest-benchmark \
+               expecttest:expecttest pycocotools:pycocotools matplotlib:matplotlib \
+               ninja:ninja; do
+    module=${entry%%:*}
+    package=${entry#*:}
+    $PY -c "import $module" 2>/dev/null && continue
+    if [ -d wheels ]; then
+      $PY -m pip install -q --no-index --find-links wheels "$package" \
+        || echo "could not install $package from ./wheels"
+    fi
+    if ! $PY -c "import $module" 2>/dev/null; then
+      case $module in
+        pytest|hypothesis|pytest_benchmark) echo "MISSING (needed): $package"; missing=1 ;;
+        ninja) echo "missing: ninja (the build compiles one file at a time: slower)" ;;
+        *) echo "missing: $package (what needs it is reported as not run)" ;;
+      esac
+    fi
+  done
+  return "$missing"
+}
+
+step_build() {
+  export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+  # setup.py builds the CUDA kernels only with an nvcc: take the toolkit's if none is on PATH.
+  if ! command -v nvcc >/dev/null; then
+    for dir in "${CUDA_HOME:-}" /usr/local/cuda /usr/local/cuda-*; do
+      if [ -n "$dir" ] && [ -x "$dir/bin/nvcc" ]; then export PATH="$dir/bin:$PATH"; break; fi
+    done
+  fi
+  if ! $PY -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
+    tail -30 "$OUT/build.log"
+    echo "build failed: see $OUT/build.log"
+    return 1
+  fi
+  grep -i "building _C" "$OUT/build.log" || true
+  $PY - <<'EOF' 2>&1 | tee -a "$OUT/build.log"
+import sys
+
+from fcos_fast import _extension, ops
+from fcos_fast.ops._dispatch import OP_NAMES
+
+print("backends on cuda:", ops.available_backends("cuda"))
+missing = [op for op in OP_NAMES if not _extension.native_has_kernel(op, "cuda")]
+if missing:
+    sys.exit(f"FAIL: a GPU is visible but fcos_fast._C has no CUDA kernel for {missing} "
+             f"({_extension.NATIVE_ERROR or 'built without CUDA: is nvcc on PATH?'})")
+if "triton" not in ops.available_backends("cuda"):
+    sys.exit("FAIL: the triton backend cannot run on this GPU")
+EOF
+  return "${PIPESTATUS[0]}"
+}
+
+step_pytest() {
+  local rc
+  $PY -m pytest -m cuda -rA -p no:cacheprovider --junitxml="$OUT/pytest_cuda.xml" tests \
+    > "$OUT/pytest_cuda.log" 2>&1
+  rc=$?
+  tail -25 "$OUT/pytest_cuda.log"
+  $PY - "$OUT/pytest_cuda.xml" "$rc" <<'EOF' 2>&1 | tee "$OUT/pytest_cuda_outcomes.txt"
+"""Every `cuda` test must have run and passed: skips, failures, errors and an empty run
+fail the step; a failure that is only a missing optional tool is listed as not run."""
+import importlib.util
+import sys
+import xml.etree.ElementTree as ET
+
+path, pytest_rc = sys.argv[1], int(sys.argv[2])
+OPTIONAL = [m for m in ("pycocotools", "expecttest") if importlib.util.find_spec(m) is None]
+try:
+    cases = list(ET.parse(path).getroot().iter("testcase"))
+except (OSError, ET.ParseError) as error:
+    sys.exit(f"FAIL: no JUnit XML from pytest ({error}); pytest exit status {pytest_rc}")
+outcomes = {"passed": [], "xfailed": [], "skipped": [], "failed": [], "not run": []}
+for case in cases:
+    name = f"{case.get('classname')}::{case.get('name')}"
+    problem = case.find("failure")
+    if problem is None:
+        problem = case.find("error")
+    skipped = case.find("skipped")
+    if problem is not None:
+        text = (problem.get("message") or "") + (problem.text or "")
+        needs = [m for m in OPTIONAL if f"No module named '{m}'" in text]
+        if needs:
+            outcomes["not run"].append(f"{name}  (needs {needs[0]}, not installed)")
+        else:
+            outcomes["failed"].append(f"{name}  {(problem.get('message') or '')[:200]}")
+    elif skipped is not None:
+        kind = "xfailed" if skipped.get("type") == "pytest.xfail" else "skipped"
+        outcomes[kind].append(f"{name}  {skipped.get('message') or ''}")
+    else:
+        outcomes["passed"].append(name)
+for kind in ("failed", "skipped", "not run", "xfailed"):
+    for line in outcomes[kind]:
+        print(f"{kind.upper()}: {line}")
+print(", ".join(f"{len(v)} {k}" for k, v in outcomes.items()))
+problems = []
+if pytest_rc not in (0, 1):
+    problems.append(f"pytest exited with {pytest_rc} (collection error or interrupted run)")
+if outcomes["failed"]:
+    problems.append(f"{len(outcomes['failed'])} cuda tests failed")
+if outcomes["skipped"]:
+    problems.append(f"{len(outcomes['skipped'])} cuda tests were skipped on a GPU machine")
+if not outcomes["passed"]:
+    problems.append("no cuda test passed")
+if pytest_rc == 1 and not outcomes["failed"] and not outcomes["not run"]:
+    problems.append("pytest reported a failure the XML does not show")
+if problems:
+    sys.exit("FAIL: " + "; ".join(problems))
+not_run = f" ({len(outcomes['not run'])} not run: optional tools missing)" if outcomes["not run"] else ""
+print(f"cuda tests: every one that ran passed, none skipped{not_run}")
+EOF
+  return "${PIPESTATUS[0]}"
+}
+
+step_sanitizers() {
+  local sanitizer backend tool log failed=0 i rc seconds summary
+  sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+  if [ -z "$sanitizer" ]; then
+    echo "FAIL: compute-sanitizer not found"
+    return 1
+  fi
+  local names=() pids=()
+  for backend in native triton; do
+    for tool in memcheck racecheck synccheck; do
+      log="$OUT/sanitizer_${tool}_${backend}.log"
+      (
+        start=$(date +%s%N)
+        if [ "$tool" = memcheck ]; then export PYTORCH_NO_CUDA_MEMORY_CACHING=1; fi
+        FCOS_FAST_BACKEND=$backend timeout "$SANITIZER_TIMEOUT_S" "$sanitizer" --tool "$tool" \
+          --error-exitcode 9 --report-api-errors no $PY scripts/cuda_smoke.py > "$log" 2>&1
+        rc=$?
+        echo "$(elapsed_s "$start") $rc" > "$log.status"
+        exit "$rc"
+      ) &
+      pids+=($!)
+      names+=("$tool $backend")
+    done
+  done
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}"
+    rc=$?
+    tool=${names[$i]% *}
+    backend=${names[$i]#* }
+    log="$OUT/sanitizer_${tool}_${backend}.log"
+    read -r seconds _ 2>/dev/null < "$log.status" || seconds="?"
+    printf 'sanitizer %s %s\t%s\n' "$tool" "$backend" "$seconds" >> "$OUT/timing.tsv"
+    summary=$(grep -h "ERROR SUMMARY" "$log" | tail -1)
+    if [ "$rc" -eq 0 ] && grep -q "cuda smoke ($backend): fcos_assign ok" "$log"; then
+      echo "$tool $backend: clean in ${seconds}s (${summary:-no summary line})"
+    else
+      [ "$rc" -eq 124 ] && summary="timed out after ${SANITIZER_TIMEOUT_S}s"
+      echo "$tool $backend: FAILED, exit $rc in ${seconds}s (${summary:-see log}): $log"
+      tail -20 "$log"
+      failed=1
+    fi
+  done
+  return "$failed"
+}
+
+step_benchmarks() {
+  local rc
+  $PY -m benchmarks.run --quick --results-dir "$OUT" --no-readme > "$OUT/bench.log" 2>&1
+  rc=$?
+  tail -30 "$OUT/bench.log"
+  return "$rc"
+}
+
+# ----------------------------------------------------------------- the check
+
+run_step environment step_environment
+if ! gpu_visible_to_torch; then
+  if gpu_visible_to_driver; then
+    echo "FAIL: nvidia-smi lists a GPU but torch cannot use it (see $OUT/env.log)" \
+      | tee -a "$OUT/summary.txt"
+    finish 1
+  fi
+  echo "no CUDA GPU visible: nothing to check here (the CPU tests are \`make test\`)" \
+    | tee -a "$OUT/summary.txt"
+  finish 2
 fi
-$PY -c "from fcos_fast import ops; print('backends on cuda:', ops.available_backends('cuda'))" \
-  | tee -a "$OUT/build.log"
-
-step "pytest -m cuda"
-$PY -m pytest -m cuda -q -rA tests 2>&1 | tee "$OUT/pytest_cuda.log" | tail -30
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-
-step "compute-sanitizer memcheck"
-SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
-if [ -n "$SANITIZER" ]; then
-  FCOS_FAST_BACKEND=native "$SANITIZER" --tool memcheck --error-exitcode 9 \
-    $PY scripts/cuda_smoke.py 2>&1 | tee "$OUT/memcheck.log" | tail -15
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-else
-  echo "compute-sanitizer not found" | tee "$OUT/memcheck.log"
+run_step tools step_tools
+if run_step build step_build; then
+  run_step pytest step_pytest
+  run_step sanitizers step_sanitizers
+  run_step benchmarks step_benchmarks
 fi
-
-step "benchmarks"
-$PY -m benchmarks.run --results-dir "$OUT" --no-readme 2>&1 | tee "$OUT/bench.log" | tail -40
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-
-echo; echo "results in $OUT (exit $status)"
-exit $status
+finish "$status"

@@ -18,8 +18,8 @@ import pytest
 import torch
 import torchvision
 
-from benchmarks.cases import clustered_boxes, fcos_points, padded_gt, postprocess_candidates
-from benchmarks.cases import random_boxes
+from benchmarks.cases import (clustered_boxes, fcos_points, padded_gt, postprocess_candidates,
+                              random_boxes)
 from fcos_fast import _extension, ops
 from fcos_fast.ops._dispatch import OP_NAMES
 from fcos_fast.ops.reference import fcos_assign as ref_assign
@@ -323,15 +323,19 @@ def test_batched_nms_mask_is_allocated_per_segment():
 @pytest.mark.parametrize("per_class", [100, 1000])
 def test_batched_nms_at_postprocess_shapes_equals_torchvision(per_class):
     """16 images x 80 classes as categories, up to `per_class` candidates each, in
-    post-processing's order (by category) and shuffled."""
+    post-processing's order (by category) and shuffled. Against torchvision's CPU kernel:
+    its CUDA kernel is built with FMA contraction, which can round an IoU next to the
+    threshold differently, and here are some 10^8 pairs. (torchvision's CPU batched_nms
+    loops over the 1280 categories, seconds a call: the other cases are compared with the
+    CPU kernel, which equals it.)"""
     boxes, scores, idxs = postprocess_candidates(per_class=per_class, generator=_gen(per_class))
+    got = C.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5).cpu()
+    assert torch.equal(got, torchvision.ops.batched_nms(boxes, scores, idxs, 0.5))
     shuffle = torch.randperm(scores.shape[0], generator=_gen(1))
     for b, s, i in ((boxes, scores, idxs), (boxes[shuffle], scores[shuffle], idxs[shuffle])):
-        b_cuda, s_cuda, i_cuda = b.cuda(), s.cuda(), i.cuda()
         for threshold in (0.5, 0.7):
-            got = C.batched_nms(b_cuda, s_cuda, i_cuda, threshold)
-            assert torch.equal(got, torchvision.ops.batched_nms(b_cuda, s_cuda, i_cuda, threshold))
-            assert torch.equal(got.cpu(), C.batched_nms(b, s, i, threshold))
+            got = C.batched_nms(b.cuda(), s.cuda(), i.cuda(), threshold).cpu()
+            assert torch.equal(got, C.batched_nms(b, s, i, threshold))
 
 
 @cuda
@@ -388,10 +392,10 @@ def test_batched_nms_non_finite_inputs_without_validation(monkeypatch):
 
 
 @cuda
-@pytest.mark.parametrize("long_length", [32768, 32769, 40000])
+@pytest.mark.parametrize("long_length", [4096, 4097, 40000])
 def test_long_segment_sweeps_correctly(long_length):
-    """A segment of more than 32768 boxes (512 mask words) keeps its removed set in
-    global memory rather than shared memory, beside 300 small categories in shared."""
+    """A segment of more than 4096 boxes (64 mask words) keeps its removed set in global
+    memory rather than shared memory, beside 300 small categories in shared memory."""
     g = _gen(long_length)
     n = long_length + 3000
     boxes = clustered_boxes(n, clusters=n // 40, scale=800.0, generator=g)
@@ -400,7 +404,8 @@ def test_long_segment_sweeps_correctly(long_length):
     idxs = idxs[torch.randperm(n, generator=g)]
     b, s, i = boxes.cuda(), scores.cuda(), idxs.cuda()
     assert torch.equal(C.batched_nms(b, s, i, 0.5).cpu(), C.batched_nms(boxes, scores, idxs, 0.5))
-    assert torch.equal(C.nms(b, s, 0.5), torchvision.ops.nms(b, s, 0.5))  # one long segment
+    # One long segment; torchvision's CPU kernel (see the post-processing test).
+    assert torch.equal(C.nms(b, s, 0.5).cpu(), torchvision.ops.nms(boxes, scores, 0.5))
 
 
 # ---------------------------------------------------------------- per_class_topk

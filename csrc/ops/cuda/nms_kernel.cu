@@ -18,7 +18,7 @@
 //   4. The greedy sweep: one warp per segment, every segment in parallel. For each 64-box
 //      word the warp fetches the boxes' own words, decides the 64 boxes serially with
 //      shuffles (no memory latency in that chain), then ORs the kept boxes' rows into the
-//      later words of the segment's removed set, lanes striding over the words. The
+//      later words of the segment's removed set, each lane owning every 32nd word. The
 //      removed set sits in dynamic shared memory sized by the longest segment, up to
 //      kMaxSharedRemovedWords words; a longer segment keeps it in global memory.
 //   5. Kept flags are scattered to score rank, so reading them in rank order gives the
@@ -58,10 +58,11 @@ namespace ops {
 namespace {
 
 constexpr unsigned kFullWarp = 0xffffffffu;
-// Removed sets of up to 512 words (segments of up to 32,768 boxes) sit in shared memory:
-// 4 KiB a sweeping warp, so that 32 of them (an SM's limit of resident blocks) fit in
-// the shared memory of any sm_80+ GPU.
-constexpr int64_t kMaxSharedRemovedWords = 512;
+// Removed sets of up to 64 words (segments of up to 4096 boxes, as every category of
+// post-processing) sit in shared memory, where the serial chain of the sweep reads one
+// each word. A longer segment's sweep is dominated by reading the kept boxes' mask rows
+// (up to 64 loads per removed word), so its removed set costs little in global memory.
+constexpr int64_t kMaxSharedRemovedWords = 64;
 
 // The layout table [kNmsLayoutRows, stride] on the device; `count` segments.
 struct SegmentTable {
@@ -147,8 +148,9 @@ __global__ void nms_mask_kernel(const scalar_t* __restrict__ boxes, SegmentTable
 
 // One warp per segment (block s sweeps segment s). `removed` holds the segment's words of
 // suppressed boxes: in dynamic shared memory (`shared_words` of them) when they fit, else
-// at the segment's offset in `global_removed`. The lanes of the one warp share it, ordered
-// by __syncwarp (which orders shared and global memory alike).
+// at the segment's offset in `global_removed`. Lane l owns the words w = l (mod 32): it
+// alone reads and writes them, and hands word w to the other lanes by a shuffle, so the
+// lanes share no memory and need no barrier.
 __global__ void nms_sweep_kernel(const uint64_t* __restrict__ mask, SegmentTable segments,
                                  int64_t shared_words, uint64_t* __restrict__ global_removed,
                                  const int64_t* __restrict__ rank_of,
@@ -165,14 +167,14 @@ __global__ void nms_sweep_kernel(const uint64_t* __restrict__ mask, SegmentTable
   const uint64_t* rows = mask + segment.mask_begin;
 
   for (int64_t w = lane; w < words; w += 32) removed[w] = 0;
-  __syncwarp();
   for (int64_t word = 0; word < words; ++word) {
     const int64_t base = word * kNmsWordBits;
     const int count = static_cast<int>(std::min(segment.length - base, int64_t(kNmsWordBits)));
     // The boxes' own words: lane l holds those of boxes base + l and base + l + 32.
     const uint64_t own_low = lane < count ? rows[(base + lane) * words + word] : 0;
     const uint64_t own_high = lane + 32 < count ? rows[(base + lane + 32) * words + word] : 0;
-    uint64_t suppressed = removed[word];
+    const int owner = static_cast<int>(word & 31);
+    uint64_t suppressed = __shfl_sync(kFullWarp, lane == owner ? removed[word] : 0, owner);
     uint64_t kept = 0;
     for (int bit = 0; bit < count; ++bit) {
       const uint64_t own = __shfl_sync(kFullWarp, bit < 32 ? own_low : own_high, bit & 31);
@@ -187,9 +189,9 @@ __global__ void nms_sweep_kernel(const uint64_t* __restrict__ mask, SegmentTable
         kept_by_rank[rank_of != nullptr ? rank_of[q] : q] = true;
       }
     }
-    // The kept boxes' rows, ORed into the later words (one lane per word).
+    // The kept boxes' rows, ORed into the later words, each by its owner.
     if (kept != 0) {
-      for (int64_t w = word + 1 + lane; w < words; w += 32) {
+      for (int64_t w = word + 1 + ((lane - word - 1) & 31); w < words; w += 32) {
         uint64_t hits = 0;
         for (uint64_t rest = kept; rest != 0; rest &= rest - 1) {
           const int64_t r = base + __ffsll(static_cast<long long>(rest)) - 1;
@@ -198,7 +200,6 @@ __global__ void nms_sweep_kernel(const uint64_t* __restrict__ mask, SegmentTable
         removed[w] |= hits;
       }
     }
-    __syncwarp();
   }
 }
 
