@@ -2,12 +2,14 @@
 
 Every op takes a keyword-only ``backend=None``: ``None`` means ``$FCOS_FAST_BACKEND``
 if set, else the fastest backend available for the tensors' device.
-``available_backends(device)`` lists what this install can run.
+``available_backends(device)`` lists what this install can run. Bad arguments raise
+``InputError``, which is both a ``ValueError`` and a ``RuntimeError`` (torchvision's C++
+checks raise ``RuntimeError``), so ``except`` clauses written for either catch it.
 """
 
 from fcos_fast.ops import _dispatch
 from fcos_fast.ops._dispatch import BACKEND_ENV_VAR, available_backends
-from fcos_fast.ops._validate import VALIDATE_ENV_VAR
+from fcos_fast.ops._validate import VALIDATE_ENV_VAR, InputError
 from fcos_fast.ops.fcos_assign import fcos_assign
 from fcos_fast.ops.giou_loss import giou_loss
 from fcos_fast.ops.nms import batched_nms, nms
@@ -23,6 +25,7 @@ __all__ = [
     "fcos_assign",
     "per_class_topk",
     "available_backends",
+    "InputError",
     "BACKEND_ENV_VAR",
     "VALIDATE_ENV_VAR",
 ]

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from fcos_fast import _extension
+from fcos_fast.ops._validate import InputError
 
 BACKEND_ENV_VAR = "FCOS_FAST_BACKEND"
 
@@ -159,7 +160,7 @@ def _requested_backend(backend: str | None) -> str | None:
     if backend is None:
         backend = os.environ.get(BACKEND_ENV_VAR) or None
     if backend is not None and backend not in BACKENDS:
-        raise ValueError(
+        raise InputError(
             f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)} "
             f"(or leave backend=None and {BACKEND_ENV_VAR} unset for automatic selection)"
         )
@@ -171,13 +172,13 @@ def select(op: str, device: torch.device, backend: str | None = None) -> Callabl
 
     ``backend=None`` takes ``$FCOS_FAST_BACKEND`` if set, else the first backend of the
     automatic order that can run here. A backend named by either way must be able to
-    run, or a ``ValueError`` says why not.
+    run, or an ``InputError`` (a ``ValueError``) says why not.
     """
     requested = _requested_backend(backend)
     if requested is not None:
         reasons = BACKENDS[requested].not_supported_reasons(op, device)
         if reasons:
-            raise ValueError(
+            raise InputError(
                 f"backend {requested!r} cannot run fcos_fast.ops.{op} on {device.type}: "
                 + "; ".join(reasons)
             )

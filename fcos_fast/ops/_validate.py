@@ -1,6 +1,9 @@
 """Input checks at the Python boundary of every op.
 
-A wrong shape, dtype or device mix raises ``ValueError`` naming the argument. Checks
+A wrong shape, dtype or device mix raises ``InputError`` naming the argument: a
+``ValueError`` that is also a ``RuntimeError``, so that code written against
+torchvision (whose C++ checks raise ``RuntimeError``, its Python ones ``ValueError``)
+catches ours unchanged. Checks
 on metadata are free; the check that box coordinates are finite costs a reduction and,
 on GPU, a device sync, so ``FCOS_FAST_VALIDATE=0`` turns off the checks on values (the
 kernels stay memory-safe on NaN/inf input regardless). Value checks are also skipped
@@ -20,6 +23,17 @@ VALIDATE_ENV_VAR = "FCOS_FAST_VALIDATE"
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+class InputError(ValueError, RuntimeError):
+    """An op was called with arguments it cannot run on (the message names the argument).
+
+    Both a ``ValueError`` (the project's contract) and a ``RuntimeError`` (what
+    torchvision's C++ argument checks raise), so either ``except`` catches it.
+    """
+
+
+InputError.__module__ = "fcos_fast.ops"  # where users import it from; tracebacks say so
+
+
 def values_checked() -> bool:
     """Whether value checks (finiteness, index ranges) run for this call."""
     if torch.compiler.is_compiling():
@@ -31,23 +45,23 @@ def tensor(name: str, value, *, dims: int | None = None, last: int | None = None
            floating: bool = False, integer: bool = False) -> torch.Tensor:
     """Check that ``value`` is a tensor of ``dims`` dimensions with last size ``last``."""
     if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        raise InputError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if dims is not None and value.dim() != dims:
         shape = "[" + ", ".join(["N"] * (dims - 1) + [str(last) if last else "N"]) + "]"
-        raise ValueError(
+        raise InputError(
             f"{name} must have {dims} dimension{'s' if dims != 1 else ''} "
             f"(shape {shape}), got shape {list(value.shape)}"
         )
     if last is not None and (value.dim() == 0 or value.shape[-1] != last):
-        raise ValueError(f"{name} must have last dimension {last}, got shape {list(value.shape)}")
+        raise InputError(f"{name} must have last dimension {last}, got shape {list(value.shape)}")
     if floating and value.dtype not in FLOAT_DTYPES:
-        raise ValueError(
+        raise InputError(
             f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
             f"got {value.dtype}"
         )
     if integer and (value.dtype.is_floating_point or value.dtype.is_complex
                     or value.dtype == torch.bool):
-        raise ValueError(f"{name} must be an integer tensor, got {value.dtype}")
+        raise InputError(f"{name} must be an integer tensor, got {value.dtype}")
     return value
 
 
@@ -57,7 +71,7 @@ def same_device(**tensors: torch.Tensor) -> torch.device:
     first = tensors[names[0]].device
     for name in names[1:]:
         if tensors[name].device != first:
-            raise ValueError(
+            raise InputError(
                 f"{name} is on {tensors[name].device} but {names[0]} is on {first}; "
                 "all inputs must be on the same device"
             )
@@ -70,7 +84,7 @@ def same_length(dim: int = 0, **tensors: torch.Tensor) -> int:
     size = tensors[names[0]].shape[dim]
     for name in names[1:]:
         if tensors[name].shape[dim] != size:
-            raise ValueError(
+            raise InputError(
                 f"{name} has {tensors[name].shape[dim]} rows but {names[0]} has {size}; "
                 f"they must match (shapes {list(tensors[names[0]].shape)} and "
                 f"{list(tensors[name].shape)})"
@@ -86,7 +100,7 @@ def has_values(value: torch.Tensor) -> bool:
 def finite(name: str, value: torch.Tensor) -> None:
     """Reject NaN/inf coordinates (skipped when value checks are off)."""
     if has_values(value) and not bool(torch.isfinite(value).all()):
-        raise ValueError(
+        raise InputError(
             f"{name} contains NaN or infinite values; boxes and points must be finite "
             f"(set {VALIDATE_ENV_VAR}=0 to skip this check in trusted hot loops)"
         )
@@ -95,21 +109,21 @@ def finite(name: str, value: torch.Tensor) -> None:
 def not_nan(name: str, value: torch.Tensor) -> None:
     """Reject NaN (infinities allowed, e.g. an unbounded scale range)."""
     if has_values(value) and bool(torch.isnan(value).any()):
-        raise ValueError(f"{name} contains NaN values")
+        raise InputError(f"{name} contains NaN values")
 
 
 def number(name: str, value, *, integer: bool = False, minimum: float | None = None) -> None:
     """Check a Python scalar argument."""
     kind = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise ValueError(
+        raise InputError(
             f"{name} must be {'an int' if integer else 'a real number'}, "
             f"got {type(value).__name__}"
         )
     if not integer and math.isnan(value):
-        raise ValueError(f"{name} must not be NaN")
+        raise InputError(f"{name} must not be NaN")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise InputError(f"{name} must be >= {minimum}, got {value}")
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:

@@ -15,7 +15,7 @@ from fcos_fast.ops import _dispatch, _validate
 
 def fcos_assign(points: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
                 radius: torch.Tensor, gt_boxes: torch.Tensor, num_gt: torch.Tensor, *,
-                backend: str | None = None) -> torch.Tensor:
+                backend: str | None = None, check_values: bool = True) -> torch.Tensor:
     """The ground-truth box each point is responsible for, per image.
 
     With ``(cx, cy)`` the center of box g and ``l, t, r, b`` the distances from point p
@@ -37,9 +37,16 @@ def fcos_assign(points: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
             are ignored (values outside ``[0, G]`` are rejected, or clamped when
             ``FCOS_FAST_VALIDATE=0``).
         backend: ``"reference"``, ``"native"``, ``"triton"`` or ``None`` (automatic).
+        check_values: ``False`` skips the checks on values (finite points and boxes, no
+            NaN bounds, ``num_gt`` in range: reductions and, on GPU, device syncs), as
+            ``FCOS_FAST_VALIDATE=0`` does; ``num_gt`` is then clamped.
 
     Returns:
         ``[B, P]`` int64: the matched box index in ``[0, num_gt[b])``, or ``-1``.
+
+    Raises:
+        InputError: (a ``ValueError`` and a ``RuntimeError``) for a wrong shape, dtype or
+            device mix, or bad values.
 
     Equivalent PyTorch (builds P×G; the backends do not)::
 
@@ -57,15 +64,16 @@ def fcos_assign(points: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     _validate.same_length(gt_boxes=gt_boxes, num_gt=num_gt)
     device = _validate.same_device(points=points, lower=lower, upper=upper, radius=radius,
                                    gt_boxes=gt_boxes, num_gt=num_gt)
-    _validate.finite("points", points)
-    _validate.finite("gt_boxes", gt_boxes)
-    _validate.not_nan("lower", lower)
-    _validate.not_nan("upper", upper)
-    _validate.not_nan("radius", radius)
-    if _validate.has_values(num_gt):
+    if check_values:
+        _validate.finite("points", points)
+        _validate.finite("gt_boxes", gt_boxes)
+        _validate.not_nan("lower", lower)
+        _validate.not_nan("upper", upper)
+        _validate.not_nan("radius", radius)
+    if check_values and _validate.has_values(num_gt):
         low, high = int(num_gt.min()), int(num_gt.max())
         if low < 0 or high > gt_boxes.shape[1]:
-            raise ValueError(
+            raise _validate.InputError(
                 f"num_gt must lie in [0, {gt_boxes.shape[1]}] (the padded box count of "
                 f"gt_boxes), got values in [{low}, {high}]"
             )

@@ -19,7 +19,8 @@ REDUCTIONS = ("none", "mean", "sum")
 
 
 def giou_loss(pred: torch.Tensor, target: torch.Tensor, *, reduction: str = "none",
-              eps: float = 1e-7, backend: str | None = None) -> torch.Tensor:
+              eps: float = 1e-7, backend: str | None = None,
+              check_values: bool = True) -> torch.Tensor:
     """``1 - GIoU(pred, target)`` per pair of boxes, optionally reduced.
 
     Args:
@@ -29,9 +30,19 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor, *, reduction: str = "non
             mean of no boxes is 0, with a gradient, as in torchvision).
         eps: added to the union and enclosing areas to avoid division by zero.
         backend: ``"reference"``, ``"native"``, ``"triton"`` or ``None`` (automatic).
+        check_values: ``False`` skips the check that the boxes are finite (a reduction
+            and, on GPU, a device sync), as ``FCOS_FAST_VALIDATE=0`` does for every call:
+            for callers whose boxes are their own predictions, such as a training loss,
+            where a NaN must give a NaN loss (which the training loop skips), not an error.
 
     Returns:
-        The loss in the inputs' (promoted) dtype; half precision is computed in float32.
+        The loss in the inputs' promoted dtype, at least float32: float16 and bfloat16
+        boxes give a float32 loss, as ``torchvision.ops.generalized_box_iou_loss`` does
+        (the gradient with respect to a half-precision input is in that input's dtype).
+
+    Raises:
+        InputError: (a ``ValueError`` and a ``RuntimeError``) for a wrong shape, dtype,
+            device mix, reduction or ``eps``, or non-finite boxes.
 
     Equivalent PyTorch::
 
@@ -43,18 +54,22 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor, *, reduction: str = "non
     _validate.tensor("pred", pred, last=4, floating=True)
     _validate.tensor("target", target, last=4, floating=True)
     if pred.shape != target.shape:
-        raise ValueError(
+        raise _validate.InputError(
             f"pred and target must have the same shape, got {list(pred.shape)} and "
             f"{list(target.shape)}"
         )
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        # "Invalid value for ... reduction": the words of torchvision's error.
+        raise _validate.InputError(
+            f"Invalid value for reduction: {reduction!r}; choose one of {REDUCTIONS}")
     _validate.number("eps", eps, minimum=0.0)
     device = _validate.same_device(pred=pred, target=target)
-    _validate.finite("pred", pred)
-    _validate.finite("target", target)
+    if check_values:
+        _validate.finite("pred", pred)
+        _validate.finite("target", target)
 
-    result_dtype = torch.promote_types(pred.dtype, target.dtype)
+    # The loss stays in the computing dtype: rounding it (or, worse, a reduced sum) back
+    # to half precision would lose what the float32 computation gained.
     dtype = _validate.compute_dtype(pred, target)
     batch_shape = pred.shape[:-1]
     implementation = _dispatch.select("giou_loss", device, backend)
@@ -62,7 +77,7 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor, *, reduction: str = "non
                           target.reshape(-1, 4).to(dtype).contiguous(), reduction, float(eps))
     if reduction == "none":
         loss = loss.reshape(batch_shape)
-    return loss.to(result_dtype)
+    return loss
 
 
 def giou_loss_fake(pred, target, reduction, eps):

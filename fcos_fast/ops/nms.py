@@ -16,7 +16,7 @@ from fcos_fast import _extension
 from fcos_fast.ops import _dispatch, _validate
 
 
-def _check_boxes_scores(boxes, scores, iou_threshold, **more) -> torch.device:
+def _check_boxes_scores(boxes, scores, iou_threshold, check_values, **more) -> torch.device:
     """Shared checks of (batched_)nms; ``more`` are extra per-box tensors (idxs)."""
     _validate.tensor("boxes", boxes, dims=2, last=4, floating=True)
     _validate.tensor("scores", scores, dims=1, floating=True)
@@ -25,13 +25,42 @@ def _check_boxes_scores(boxes, scores, iou_threshold, **more) -> torch.device:
     _validate.same_length(boxes=boxes, scores=scores, **more)
     _validate.number("iou_threshold", iou_threshold)
     device = _validate.same_device(boxes=boxes, scores=scores, **more)
-    _validate.finite("boxes", boxes)
-    _validate.not_nan("scores", scores)
+    if check_values:
+        _validate.finite("boxes", boxes)
+        _validate.not_nan("scores", scores)
     return device
 
 
+def _no_boxes(boxes, scores, idxs, iou_threshold) -> bool:
+    """Whether this is torchvision's "no boxes" call of ``batched_nms``.
+
+    torchvision returns an empty result for any ``boxes`` without elements, including a
+    1-D ``torch.empty(0)`` (what ``torch.cat`` of no per-image boxes gives) and with
+    ``scores``/``idxs``/``iou_threshold`` left ``None``; its own test calls
+    ``batched_nms(torch.empty(0), None, None, None)``. Arguments that are given must
+    still be empty 1-D tensors and a number, so a real mistake is still reported.
+
+    A regular call (2-D boxes, every argument given) is never looked at here: the kernels
+    handle ``N = 0``, and under ``torch.compile`` ``N`` may be data-dependent.
+    """
+    if not isinstance(boxes, torch.Tensor):
+        return False
+    if boxes.dim() == 2 and not any(v is None for v in (scores, idxs, iou_threshold)):
+        return False
+    if boxes.numel() != 0 or boxes.dim() > 2 or (boxes.dim() == 2 and boxes.shape[1] != 4):
+        return False
+    for name, value in (("scores", scores), ("idxs", idxs)):
+        if value is not None:
+            _validate.tensor(name, value, dims=1)
+            _validate.same_length(boxes=boxes, **{name: value})
+            _validate.same_device(boxes=boxes, **{name: value})
+    if iou_threshold is not None:
+        _validate.number("iou_threshold", iou_threshold)
+    return True
+
+
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, *,
-        backend: str | None = None) -> torch.Tensor:
+        backend: str | None = None, check_values: bool = True) -> torch.Tensor:
     """Greedy NMS: drop every box whose IoU with a higher-scoring kept box is > threshold.
 
     Args:
@@ -40,10 +69,17 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, *,
         scores: ``[N]`` scores.
         iou_threshold: boxes overlapping a kept box with IoU ``> iou_threshold`` are dropped.
         backend: ``"reference"``, ``"native"``, ``"triton"`` or ``None`` (automatic).
+        check_values: ``False`` skips the check that boxes are finite and scores not NaN
+            (a reduction and, on GPU, a device sync), as ``FCOS_FAST_VALIDATE=0`` does.
 
     Returns:
         ``[K]`` int64 indices of the kept boxes, by decreasing score; equal scores keep
         the lower index first.
+
+    Raises:
+        InputError: (a ``ValueError`` and a ``RuntimeError``, as torchvision's checks
+            raise) for a wrong shape, dtype or device mix, or non-finite values. A 1-D
+            ``boxes`` is an error, even an empty one, as in torchvision.
 
     Equivalent PyTorch::
 
@@ -54,7 +90,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, *,
             if all(iou[i, j] <= iou_threshold for j in keep): keep.append(i)
         return order[keep]
     """
-    device = _check_boxes_scores(boxes, scores, iou_threshold)
+    device = _check_boxes_scores(boxes, scores, iou_threshold, check_values)
     dtype = _validate.compute_dtype(boxes, scores)
     implementation = _dispatch.select("nms", device, backend)
     return implementation(boxes.to(dtype).contiguous(), scores.to(dtype).contiguous(),
@@ -62,7 +98,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, *,
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
-                iou_threshold: float, *, backend: str | None = None) -> torch.Tensor:
+                iou_threshold: float, *, backend: str | None = None,
+                check_values: bool = True) -> torch.Tensor:
     """NMS within each category: boxes of different ``idxs`` never suppress each other.
 
     Args:
@@ -71,10 +108,16 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
         idxs: ``[N]`` integer category of each box.
         iou_threshold: IoU above which a lower-scoring box of the same category is dropped.
         backend: ``"reference"``, ``"native"``, ``"triton"`` or ``None`` (automatic).
+        check_values: ``False`` skips the checks on values, as in ``nms``.
 
     Returns:
         ``[K]`` int64 indices of the kept boxes, by decreasing score (ties: lower index
-        first) — the result of ``torchvision.ops.batched_nms``.
+        first) — the result of ``torchvision.ops.batched_nms``. Boxes without elements,
+        ``[0, 4]`` or a 1-D ``torch.empty(0)``, give an empty result, as in torchvision
+        (which then accepts ``None`` for the other arguments).
+
+    Raises:
+        InputError: as ``nms``.
 
     Equivalent PyTorch::
 
@@ -82,7 +125,9 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
                           for c in idxs.unique()])
         return keep[scores[keep].argsort(descending=True, stable=True)]   # ties by index
     """
-    device = _check_boxes_scores(boxes, scores, iou_threshold, idxs=idxs)
+    if _no_boxes(boxes, scores, idxs, iou_threshold):
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    device = _check_boxes_scores(boxes, scores, iou_threshold, check_values, idxs=idxs)
     dtype = _validate.compute_dtype(boxes, scores)
     implementation = _dispatch.select("batched_nms", device, backend)
     return implementation(boxes.to(dtype).contiguous(), scores.to(dtype).contiguous(),

@@ -241,24 +241,30 @@ def _bad_calls(device):
 @pytest.mark.parametrize("name", list(_bad_calls("cpu")))
 def test_bad_inputs_raise_value_error_naming_the_argument(backend, device, name):
     argument, call = _bad_calls(device)[name]
-    with pytest.raises(ValueError, match=argument):
+    with pytest.raises(ValueError, match=argument) as raised:
         call(backend)
+    # Also a RuntimeError, which torchvision's C++ checks raise: drop-in except clauses.
+    assert isinstance(raised.value, ops.InputError) and isinstance(raised.value, RuntimeError)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_unvalidated_bad_values_do_not_crash(backend, device, monkeypatch):
+@pytest.mark.parametrize("switch", ["environment", "check_values"])
+def test_unvalidated_bad_values_do_not_crash(backend, device, switch, monkeypatch):
     """With checks off, NaN/inf and out-of-range num_gt stay memory-safe (num_gt clamped)."""
-    monkeypatch.setenv("FCOS_FAST_VALIDATE", "0")
+    if switch == "environment":
+        monkeypatch.setenv("FCOS_FAST_VALIDATE", "0")
+    kwargs = {"check_values": False} if switch == "check_values" else {}
     points, lower, upper, radius, _, _ = fcos_points((32, 32))
     gt, num_gt = padded_gt(_images(2, 3, 4, (32, 32)), slots=4)
     gt[0, 0] = float("nan")
     points[5] = float("inf")
     num_gt = torch.tensor([-3, 99, 2])
     args = [t.to(device) for t in (points, lower, upper, radius, gt, num_gt)]
-    got = ops.fcos_assign(*args, backend=backend).cpu()
+    got = ops.fcos_assign(*args, backend=backend, **kwargs).cpu()
     assert got.shape == (3, points.shape[0])
     assert (got[0] == -1).all()  # num_gt < 0 means no boxes
     assert bool(((got >= -1) & (got < 4)).all())
     clamped = torch.tensor([0, 4, 2])
-    expected = ops.fcos_assign(points, lower, upper, radius, gt, clamped, backend="reference")
+    expected = ops.fcos_assign(points, lower, upper, radius, gt, clamped, backend="reference",
+                               **kwargs)
     assert torch.equal(got, expected)

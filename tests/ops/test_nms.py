@@ -158,6 +158,54 @@ def test_non_contiguous_inputs(backend, device):
                        torchvision.ops.boxes._batched_nms_vanilla(boxes, scores, idxs, 0.4))
 
 
+# ---------------------------------------------------------------- no boxes
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("boxes_shape", [(0,), (0, 4)])
+def test_batched_nms_of_no_boxes_is_empty_like_torchvision(backend, device, boxes_shape):
+    """torchvision returns an empty int64 result for any boxes without elements, even a
+    1-D ``torch.empty(0)`` with the other arguments ``None`` (its test_ops.py does so)."""
+    boxes = torch.empty(boxes_shape, device=device)
+    calls = [
+        (boxes, torch.empty(0, device=device),
+         torch.empty(0, dtype=torch.int64, device=device), 0.5),
+        (boxes, None, None, None),
+    ]
+    for args in calls:
+        expected = torchvision.ops.batched_nms(*(a.cpu() if isinstance(a, torch.Tensor)
+                                                 else a for a in args))
+        got = ops.batched_nms(*args, backend=backend)
+        assert got.dtype == expected.dtype == torch.int64
+        assert got.shape == expected.shape == (0,) and got.device.type == device
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_batched_nms_of_no_boxes_still_checks_what_is_given(backend, device):
+    empty = torch.empty(0, device=device)
+    with pytest.raises(ValueError, match="scores"):
+        ops.batched_nms(empty, torch.rand(3, device=device), None, 0.5, backend=backend)
+    with pytest.raises(ValueError, match="idxs"):
+        ops.batched_nms(empty, None, torch.zeros(0, 2, dtype=torch.int64, device=device),
+                        0.5, backend=backend)
+    with pytest.raises(ValueError, match="iou_threshold"):
+        ops.batched_nms(empty, None, None, "0.5", backend=backend)
+    with pytest.raises(ValueError, match="boxes"):  # 1-D boxes with elements stay an error
+        ops.batched_nms(torch.rand(4, device=device), torch.rand(1, device=device),
+                        torch.zeros(1, dtype=torch.int64, device=device), 0.5,
+                        backend=backend)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_nms_of_1d_empty_boxes_raises_like_torchvision(backend, device):
+    """torchvision's nms rejects 1-D boxes, empty or not ("boxes should be a 2d tensor",
+    a RuntimeError); ours raises InputError, which is one."""
+    with pytest.raises(RuntimeError):
+        torchvision.ops.nms(torch.empty(0), torch.empty(0), 0.5)
+    with pytest.raises(RuntimeError, match="boxes"):
+        ops.nms(torch.empty(0, device=device), torch.empty(0, device=device), 0.5,
+                backend=backend)
+
+
 # ---------------------------------------------------------------- bad inputs
 
 def _bad_calls(device):
@@ -193,19 +241,25 @@ def _bad_calls(device):
 @pytest.mark.parametrize("name", list(_bad_calls("cpu")))
 def test_bad_inputs_raise_value_error_naming_the_argument(backend, device, name):
     argument, call = _bad_calls(device)[name]
-    with pytest.raises(ValueError, match=argument):
+    with pytest.raises(ValueError, match=argument) as raised:
         call(backend)
+    # Also a RuntimeError, which torchvision's C++ checks raise: drop-in except clauses.
+    assert isinstance(raised.value, ops.InputError) and isinstance(raised.value, RuntimeError)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_non_finite_boxes_without_validation_do_not_crash(backend, device, monkeypatch):
-    monkeypatch.setenv("FCOS_FAST_VALIDATE", "0")
+@pytest.mark.parametrize("switch", ["environment", "check_values"])
+def test_non_finite_boxes_without_validation_do_not_crash(backend, device, switch,
+                                                          monkeypatch):
+    if switch == "environment":
+        monkeypatch.setenv("FCOS_FAST_VALIDATE", "0")
+    kwargs = {"check_values": False} if switch == "check_values" else {}
     boxes, scores, idxs = (t.to(device) for t in _case(2, 30))
     boxes[::3, 0] = float("nan")
     boxes[1::5, 3] = float("inf")
     boxes[2::7, 1] = float("-inf")
-    for keep in (ops.nms(boxes, scores, 0.5, backend=backend),
-                 ops.batched_nms(boxes, scores, idxs, 0.5, backend=backend)):
+    for keep in (ops.nms(boxes, scores, 0.5, backend=backend, **kwargs),
+                 ops.batched_nms(boxes, scores, idxs, 0.5, backend=backend, **kwargs)):
         # Garbage in, but indices stay in range, unique, and in score order.
         assert keep.dtype == torch.int64
         assert keep.numel() == keep.unique().numel()
