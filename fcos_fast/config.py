@@ -11,6 +11,7 @@ The op backend of ``fcos_fast.ops`` is one field, ``model.backend``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -30,6 +31,11 @@ OPTIMIZERS = ("sgd", "adamw")
 
 #: The values of ``solver.amp`` (``fcos_fast.engine.precision`` resolves them).
 PRECISION_CHOICES = ("auto", "bf16", "fp16", "fp32")
+
+#: Solver fields that give the same length in iterations or in epochs; at most one of
+#: each pair is set.
+ITERATION_EPOCH_PAIRS = (("max_iters", "max_epochs"), ("steps", "steps_epochs"),
+                         ("warmup_iters", "warmup_epochs"))
 
 
 class ConfigError(ValueError):
@@ -123,10 +129,19 @@ class SolverConfig:
     """Optimisation: SGD with momentum (or AdamW), linear warm-up, then a cosine or step
     schedule.
 
-    ``batch_size`` is the total over all processes. ``max_minutes`` bounds the wall time
-    of the whole ``train`` command (data preparation and the final evaluation included):
-    the schedule is shortened, never lengthened, so that training and the evaluation
-    after it fit (see ``fcos_fast.engine.hooks.TimeBudget``).
+    ``batch_size`` is the total over all processes. The schedule's length, LR steps and
+    warm-up are each given in iterations or in epochs (passes over the training images):
+    exactly one of ``max_iters`` and ``max_epochs``, at most one of ``steps`` and
+    ``steps_epochs``, at most one of ``warmup_iters`` and ``warmup_epochs``.
+    ``in_iterations`` converts epochs with the training set's size (an epoch is
+    ``num_images / batch_size`` iterations). On the command line, setting one of a pair
+    replaces the other from the file (``--set solver.max_iters=100`` shortens a config
+    written in epochs).
+
+    ``max_minutes`` bounds the wall time of the whole ``train`` command (data preparation
+    and the final evaluation included): the schedule is shortened, never lengthened, so
+    that training and the evaluation after it fit (see
+    ``fcos_fast.engine.hooks.TimeBudget``).
     """
 
     batch_size: int = 16
@@ -135,11 +150,16 @@ class SolverConfig:
     base_lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    max_iters: int = 90000
+    max_iters: int | None = None
+    max_epochs: float | None = None
     lr_schedule: str = "step"  # step | cosine
-    steps: list[int] = field(default_factory=lambda: [60000, 80000])
+    #: LR milestones of the step schedule (each multiplies the LR by ``gamma``).
+    steps: list[int] = field(default_factory=list)
+    steps_epochs: list[float] = field(default_factory=list)
     gamma: float = 0.1
-    warmup_iters: int = 500
+    #: Linear warm-up from ``warmup_factor * base_lr`` (0: none).
+    warmup_iters: int = 0
+    warmup_epochs: float = 0.0
     warmup_factor: float = 1.0 / 3
     #: Gradient clipping: maximum total L2 norm; None turns it off.
     clip_grad_norm: float | None = None
@@ -162,6 +182,47 @@ class SolverConfig:
         if self.amp not in PRECISION_CHOICES:
             raise ConfigError(f"solver.amp must be one of {', '.join(PRECISION_CHOICES)}, "
                               f"got {self.amp!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"solver.batch_size must be positive, got {self.batch_size}")
+        for iterations, epochs in ITERATION_EPOCH_PAIRS:
+            if getattr(self, iterations) and getattr(self, epochs):
+                raise ConfigError(f"solver.{iterations} and solver.{epochs} are both set; "
+                                  f"give the schedule in one of them")
+        for name in ("max_iters", "max_epochs"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"solver.{name} must be positive, got {value}")
+        for name in ("warmup_iters", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"solver.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("steps", "steps_epochs"):
+            steps = getattr(self, name)
+            if any(step <= 0 for step in steps) or steps != sorted(steps):
+                raise ConfigError(f"solver.{name} must be positive and increasing, got {steps}")
+
+    def in_iterations(self, num_images: int) -> SolverConfig:
+        """This schedule with every length in iterations, for a training set of
+        ``num_images`` images (epoch fields cleared).
+
+        ``max_iters`` rounds up, so that the last epoch is complete; steps and warm-up
+        round to the nearest iteration.
+        """
+        if self.max_iters is None and self.max_epochs is None:
+            raise ConfigError("the schedule has no length: set solver.max_iters or "
+                              "solver.max_epochs")
+        if num_images < 1:
+            raise ConfigError("cannot count epochs of an empty training set")
+        per_epoch = num_images / self.batch_size
+        max_iters = self.max_iters
+        if max_iters is None:
+            # The tolerance keeps a whole number of iterations (4 epochs of 16 images at
+            # batch 16) from rounding up to one more through float error.
+            max_iters = max(1, math.ceil(self.max_epochs * per_epoch - 1e-6))
+        steps = self.steps or [round(epoch * per_epoch) for epoch in self.steps_epochs]
+        warmup_iters = self.warmup_iters or round(self.warmup_epochs * per_epoch)
+        return dataclasses.replace(self, max_iters=max_iters, max_epochs=None, steps=steps,
+                                   steps_epochs=[], warmup_iters=warmup_iters,
+                                   warmup_epochs=0.0)
 
 
 @dataclass
@@ -248,6 +309,24 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a config as plain data) with ``overrides`` merged in.
+
+    An override that sets one field of an iteration/epoch pair (``ITERATION_EPOCH_PAIRS``)
+    drops the other from ``data``: ``solver.max_iters=100`` on a config written in epochs
+    means 100 iterations, not a conflict.
+    """
+    solver, base_solver = overrides.get("solver"), data.get("solver")
+    if isinstance(solver, dict) and isinstance(base_solver, dict):
+        base_solver = dict(base_solver)
+        for pair in ITERATION_EPOCH_PAIRS:
+            for given, other in (pair, pair[::-1]):
+                if solver.get(given) and other not in solver:
+                    base_solver.pop(other, None)
+        data = {**data, "solver": base_solver}
+    return merge(data, overrides)
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """``["solver.base_lr=0.02", ...]`` -> ``{"solver": {"base_lr": 0.02}}``."""
     result: dict[str, Any] = {}
@@ -288,5 +367,5 @@ def load_config(path: str | os.PathLike | None = None,
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     if overrides:
-        data = merge(data, overrides)
+        data = apply_overrides(data, overrides)
     return from_dict(data, Config, where=str(path))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fcos_fast.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from fcos_fast.config import DEFAULT_CONFIG, Config, ConfigError, SolverConfig, load_config
 from fcos_fast.data import build_dataset, build_train_transform, train_loader
 from fcos_fast.engine.build import build_model, build_optimizer, build_schedule
 from fcos_fast.engine.checkpoint import previous_path
@@ -78,6 +78,17 @@ def _trim_log(path: Path, iteration: int) -> None:
         path.write_text("".join(line + "\n" for line in lines))
 
 
+def _log_schedule(given: SolverConfig, solver: SolverConfig, num_images: int) -> None:
+    """The schedule in iterations, and how it came from epochs where it was given in them."""
+    epochs = ""
+    if given.max_epochs or given.steps_epochs or given.warmup_epochs:
+        epochs = (f" ({num_images} images / batch {solver.batch_size} = "
+                  f"{num_images / solver.batch_size:.1f} iterations per epoch)")
+    logger.info("schedule: %d iterations, %s LR %g, steps %s, warm-up %d%s",
+                solver.max_iters, solver.lr_schedule, solver.base_lr, solver.steps,
+                solver.warmup_iters, epochs)
+
+
 def run(config: Config, out_dir: str | Path, *, resume: bool = False,
         started_at: float | None = None, progress: bool = True) -> dict[str, Any]:
     """Train as ``config`` says, writing into ``out_dir``; returns the final metrics."""
@@ -114,6 +125,8 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
     train_set, val_set = _build_datasets(config)
     logger.info("data: %s, %d training and %d validation images, classes %s",
                 config.data.dataset, len(train_set), len(val_set), train_set.class_names)
+    solver = solver.in_iterations(len(train_set))
+    _log_schedule(config.solver, solver, len(train_set))
 
     model = build_model(config, train_set.num_classes).to(device)
     if use_channels_last(solver.channels_last, device):
@@ -121,7 +134,7 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
     if world_size > 1 and config.model.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(config, model)
-    schedule = build_schedule(config)
+    schedule = build_schedule(config, len(train_set))
     scheduler = build_scheduler(optimizer, schedule)
     precision = resolve_precision(solver.amp, device)
     logger.info("precision: %s (%s)", precision.name, precision.reason)
@@ -194,7 +207,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true",
                         help="continue from <out>/checkpoint.pt")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config values, e.g. solver.max_iters=100")
+                        help="override config values, e.g. solver.max_iters=100 (replaces a "
+                             "max_epochs of the config)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 

@@ -1,11 +1,23 @@
-"""Configs: the shipped files load, unknown keys and bad values are errors, overrides apply."""
+"""Configs: the shipped files load, unknown keys and bad values are errors, overrides apply,
+schedules in epochs convert to iterations, and the shipped recipes say what they claim."""
+
+from importlib import resources
 
 import pytest
 
-from fcos_fast.config import Config, ConfigError, from_dict, load_config, parse_overrides
+from fcos_fast.config import (Config, ConfigError, SolverConfig, apply_overrides, from_dict,
+                              load_config, parse_overrides)
+
+SHIPPED = sorted(p.name for p in (resources.files("fcos_fast") / "configs").iterdir()
+                 if p.name.endswith(".yaml"))
 
 
-@pytest.mark.parametrize("name", ["synthetic.yaml", "voc_fcos.yaml", "coco_fcos.yaml"])
+def test_the_recipes_are_shipped():
+    assert {"coco_r18.yaml", "coco_r50_1x.yaml", "synthetic.yaml", "voc_r18.yaml",
+            "voc_r18_long.yaml"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_load(name):
     config = load_config(name)
     assert isinstance(config, Config)
@@ -48,3 +60,108 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
     bad.write_text("solver: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def _recipe(name):
+    config = load_config(name)
+    return config, config.data, config.input, config.model, config.solver
+
+
+def test_voc_r18_is_the_seed_baseline():
+    """ResNet-18 from ImageNet weights on VOC07 trainval, 10 epochs at LR 0.01, centerness
+    weight 2, per-class candidates, batch 16 at 512 px."""
+    config, data, inputs, model, solver = _recipe("voc_r18.yaml")
+    assert (data.dataset, data.train_split, data.val_split) == ("voc", "trainval", "test")
+    assert (model.backbone, model.backbone_weights) == ("resnet18", "IMAGENET1K_V1")
+    assert model.centerness_weight == 2.0 and model.candidates == "per_class"
+    assert (solver.max_epochs, solver.max_iters, solver.base_lr) == (10, None, 0.01)
+    assert solver.optimizer == "sgd" and solver.batch_size == 16
+    assert inputs.min_size_train == [512] and inputs.min_size_test == 512
+    # VOC07 trainval: 5011 images, 313.2 iterations per epoch.
+    assert solver.in_iterations(5011).max_iters == 3132
+    assert solver.in_iterations(5011).steps == [2192, 2819]
+
+
+def test_voc_r18_long_changes_only_epochs_and_lr():
+    base, long = load_config("voc_r18.yaml").to_dict(), load_config("voc_r18_long.yaml").to_dict()
+    changed = {key for key in base["solver"] if base["solver"][key] != long["solver"][key]}
+    assert changed == {"max_epochs", "base_lr", "steps_epochs"}
+    assert (long["solver"]["max_epochs"], long["solver"]["base_lr"]) == (50, 8e-4)
+    assert {k: v for k, v in base.items() if k != "solver" and k != "train"} == \
+        {k: v for k, v in long.items() if k != "solver" and k != "train"}
+
+
+def test_coco_r18_is_four_epochs_of_the_voc_recipe():
+    config, data, inputs, model, solver = _recipe("coco_r18.yaml")
+    voc = load_config("voc_r18.yaml")
+    assert (data.dataset, data.train_split, data.val_split) == ("coco", "train2017", "val2017")
+    assert data.filter_empty and solver.max_epochs == 4 and solver.base_lr == 0.01
+    assert config.model == voc.model and config.input == voc.input
+    assert solver.in_iterations(117266).max_iters == 29317  # train2017 images with objects
+
+
+def test_coco_r50_1x_is_the_standard_schedule():
+    config, data, inputs, model, solver = _recipe("coco_r50_1x.yaml")
+    assert (model.backbone, model.backbone_weights) == ("resnet50", "IMAGENET1K_V1")
+    assert (solver.max_iters, solver.batch_size, solver.base_lr) == (90000, 16, 0.01)
+    assert solver.steps == [60000, 80000] and solver.warmup_iters == 500
+    assert inputs.min_size_train == [800] and inputs.max_size_train == 1333
+    assert (inputs.min_size_test, inputs.max_size_test) == (800, 1333)
+    assert model.fpn_channels == 256 and model.candidates == "per_level"
+    assert solver.in_iterations(117266) == solver  # already in iterations
+
+
+def test_epochs_become_iterations():
+    solver = SolverConfig(batch_size=16, max_epochs=10, steps_epochs=[7, 9], warmup_epochs=0.5)
+    converted = solver.in_iterations(5011)  # 313.1875 iterations per epoch
+    assert (converted.max_iters, converted.steps, converted.warmup_iters) == (3132, [2192, 2819],
+                                                                            157)
+    assert (converted.max_epochs, converted.steps_epochs, converted.warmup_epochs) == \
+        (None, [], 0.0)
+    # A whole number of iterations stays whole (no float round-up to one more).
+    assert SolverConfig(batch_size=16, max_epochs=4).in_iterations(16).max_iters == 4
+    assert SolverConfig(batch_size=3, max_epochs=0.7).in_iterations(30).max_iters == 7
+    # Lengths in iterations pass through; units can be mixed per field.
+    mixed = SolverConfig(batch_size=4, max_epochs=2, steps=[3], warmup_iters=1)
+    assert mixed.in_iterations(10) == SolverConfig(batch_size=4, max_iters=5, steps=[3],
+                                                   warmup_iters=1)
+
+
+def test_a_schedule_needs_exactly_one_length():
+    with pytest.raises(ConfigError, match="set solver.max_iters or solver.max_epochs"):
+        SolverConfig().in_iterations(100)
+    for both in ({"max_iters": 10, "max_epochs": 1}, {"steps": [5], "steps_epochs": [1]},
+                 {"warmup_iters": 5, "warmup_epochs": 0.5}):
+        with pytest.raises(ConfigError, match="are both set"):
+            from_dict({"solver": both})
+
+
+@pytest.mark.parametrize("solver, message", [
+    ({"max_epochs": 0}, "max_epochs must be positive"),
+    ({"max_iters": -3}, "max_iters must be positive"),
+    ({"steps_epochs": [9, 7]}, "steps_epochs must be positive and increasing"),
+    ({"warmup_epochs": -1}, "warmup_epochs must be >= 0"),
+    ({"batch_size": 0}, "batch_size must be positive"),
+])
+def test_bad_schedules(solver, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict({"solver": solver})
+
+
+def test_an_override_replaces_the_other_unit(tmp_path):
+    """``--set solver.max_iters=100`` on a config written in epochs means 100 iterations."""
+    short = load_config("voc_r18.yaml", ["solver.max_iters=100", "solver.steps=[60, 80]"])
+    assert (short.solver.max_iters, short.solver.max_epochs) == (100, None)
+    assert (short.solver.steps, short.solver.steps_epochs) == ([60, 80], [])
+    assert short.solver.warmup_iters == 500  # untouched
+    epochs = load_config(None, ["solver.max_epochs=2"])  # synthetic.yaml is in iterations
+    assert (epochs.solver.max_iters, epochs.solver.max_epochs) == (None, 2)
+    # Clearing a field does not clear its partner; a file with both is an error.
+    assert load_config(None, ["solver.max_epochs=null"]).solver.max_iters == 600
+    both = tmp_path / "both.yaml"
+    both.write_text("solver: {max_iters: 10, max_epochs: 2}\n")
+    with pytest.raises(ConfigError, match="are both set"):
+        load_config(both)
+    # The same rule for a checkpoint's stored config (evaluate/infer --set).
+    stored = load_config("voc_r18.yaml").to_dict()
+    assert from_dict(apply_overrides(stored, {"solver": {"max_iters": 7}})).solver.max_iters == 7

@@ -38,6 +38,21 @@ def test_short_run_writes_everything(tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files
 
 
+def test_a_schedule_in_epochs(tmp_path):
+    """1.5 epochs of 16 images at batch 4 are 6 iterations; the LR steps at epoch 1."""
+    out = tmp_path / "run"
+    overrides = tiny_overrides(tmp_path, **{"solver.max_iters": "null", "solver.max_epochs": 1.5,
+                                            "solver.warmup_iters": 0,
+                                            "solver.lr_schedule": "step",
+                                            "solver.steps_epochs": "[1]"})
+    assert train.main(["--out", str(out), "--no-progress", "--set", *overrides]) == 0
+    assert sorted(_losses(out)) == [1, 2, 3, 4, 5, 6]
+    assert load_checkpoint(out / "checkpoint.pt")["scheduler"]["_last_lr"][0] == \
+        pytest.approx(0.01 * 0.1)
+    assert "schedule: 6 iterations" in (out / "log.txt").read_text()
+    assert "max_epochs: 1.5" in (out / "config.yaml").read_text()  # stored as written
+
+
 def test_training_lowers_the_loss(tmp_path):
     out = tmp_path / "run"
     overrides = tiny_overrides(tmp_path, **{"solver.max_iters": 40, "solver.base_lr": 0.02,
@@ -143,7 +158,7 @@ def test_resume_with_no_usable_checkpoint_is_one_line(tmp_path, monkeypatch, cap
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
-    code = train.main(["--config", "voc_fcos.yaml", "--out", str(tmp_path / "run"),
+    code = train.main(["--config", "voc_r18.yaml", "--out", str(tmp_path / "run"),
                        "--set", f"data.root={tmp_path / 'VOCdevkit'}"])
     assert code == 2
     error = capsys.readouterr().err

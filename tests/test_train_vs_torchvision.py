@@ -34,5 +34,5 @@ def test_one_run_trains_both_and_reports(tmp_path, capsys):
 
 
 def test_only_the_synthetic_set(tmp_path, capsys):
-    assert train_vs_torchvision.main(["--config", "voc_fcos.yaml", "--no-readme"]) == 2
+    assert train_vs_torchvision.main(["--config", "voc_r18.yaml", "--no-readme"]) == 2
     assert "synthetic" in capsys.readouterr().err

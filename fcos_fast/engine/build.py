@@ -55,8 +55,15 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
                            weight_decay=solver.weight_decay)
 
 
-def build_schedule(config: Config) -> WarmupSchedule:
+def build_schedule(config: Config, num_train_images: int | None = None) -> WarmupSchedule:
+    """The LR schedule of ``config.solver``; lengths given in epochs are converted to
+    iterations for a training set of ``num_train_images`` (``SolverConfig.in_iterations``)."""
     solver = config.solver
+    if num_train_images is not None:
+        solver = solver.in_iterations(num_train_images)
+    elif solver.max_iters is None or solver.max_epochs or solver.steps_epochs \
+            or solver.warmup_epochs:
+        raise ValueError("a schedule given in epochs needs the number of training images")
     return WarmupSchedule(solver.max_iters, solver.lr_schedule, steps=solver.steps,
                           gamma=solver.gamma, warmup_iters=solver.warmup_iters,
                           warmup_factor=solver.warmup_factor)

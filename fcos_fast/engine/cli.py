@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from fcos_fast.config import Config, ConfigError, from_dict, load_config, merge, parse_overrides
+from fcos_fast.config import (Config, ConfigError, apply_overrides, from_dict, load_config,
+                              parse_overrides)
 from fcos_fast.data import DatasetError
 from fcos_fast.engine.checkpoint import CheckpointError, load_checkpoint
 from fcos_fast.engine.distributed import get_rank, is_distributed, is_main_process
@@ -97,4 +98,4 @@ def checkpoint_config(checkpoint: str | Path, config_file: str | None,
     if config_file is not None:
         return load_config(config_file, overrides)
     stored = load_checkpoint(checkpoint)["config"]
-    return from_dict(merge(stored, parse_overrides(overrides)))
+    return from_dict(apply_overrides(stored, parse_overrides(overrides)))
