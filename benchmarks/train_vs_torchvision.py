@@ -61,7 +61,7 @@ def torchvision_model(config: Config, num_classes: int) -> TorchvisionFCOS:
     post-processing are torchvision's own.
     """
     m = config.model
-    backbone = resnet_fpn_backbone(m.backbone, weights_path=m.backbone_weights,
+    backbone = resnet_fpn_backbone(m.backbone, weights=m.backbone_weights,
                                    trainable_layers=m.trainable_backbone_layers,
                                    out_channels=m.fpn_channels)
     # torchvision's default anchor generator: one anchor per point, sized by the stride.

@@ -40,6 +40,7 @@ from fcos_fast.engine.hooks import (Checkpointer, EvalHook, LRScheduler, Metrics
                                     PeriodicCheckpointer, TimeBudget)
 from fcos_fast.engine.schedule import build_scheduler
 from fcos_fast.engine.trainer import Trainer
+from fcos_fast.model.backbone import backbone_weights_file
 
 logger = logging.getLogger("fcos_fast")
 
@@ -61,6 +62,15 @@ def _build_datasets(config: Config):
         sets = (build_dataset(config, config.data.train_split, train=True),
                 build_dataset(config, config.data.val_split))
     return sets
+
+
+def _fetch_backbone_weights(config: Config) -> None:
+    """Find the backbone weights, downloading them on rank 0 first if they are named and
+    not cached yet, before the data is read: a missing file is reported at once."""
+    if config.model.backbone_weights is not None:
+        if is_main_process():
+            backbone_weights_file(config.model.backbone, config.model.backbone_weights)
+        barrier()
 
 
 def _sync_buffers(model: nn.Module) -> None:
@@ -122,6 +132,7 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
         raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}; train without "
                                 f"--resume to start a new run there")
 
+    _fetch_backbone_weights(config)
     train_set, val_set = _build_datasets(config)
     logger.info("data: %s, %d training and %d validation images, classes %s",
                 config.data.dataset, len(train_set), len(val_set), train_set.class_names)

@@ -158,8 +158,11 @@ def test_resume_with_no_usable_checkpoint_is_one_line(tmp_path, monkeypatch, cap
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    # Without ImageNet weights, which are looked for before the data (and tested in
+    # tests/model/test_backbone_weights.py).
     code = train.main(["--config", "voc_r18.yaml", "--out", str(tmp_path / "run"),
-                       "--set", f"data.root={tmp_path / 'VOCdevkit'}"])
+                       "--set", f"data.root={tmp_path / 'VOCdevkit'}",
+                       "model.backbone_weights=null"])
     assert code == 2
     error = capsys.readouterr().err
     assert "Pascal VOC 2007 not found" in error and "VOCtrainval_06-Nov-2007.tar" in error

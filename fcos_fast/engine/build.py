@@ -15,8 +15,13 @@ from fcos_fast.model import FCOS, resnet_fpn_backbone
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-def build_model(config: Config, num_classes: int) -> FCOS:
+def build_model(config: Config, num_classes: int, *, load_backbone_weights: bool = True
+                ) -> FCOS:
     """``FCOS`` as ``config.model`` describes, for ``num_classes`` classes.
+
+    ``load_backbone_weights=False`` builds the same network (frozen BatchNorm and stages
+    as for pretrained weights) without reading ``model.backbone_weights``: for a
+    checkpoint to fill, on a machine that need not have the ImageNet file.
 
     Training images arrive resized and flipped by the data pipeline
     (``fcos_fast.data.build_train_transform``), so the model's own resize is switched off
@@ -25,7 +30,9 @@ def build_model(config: Config, num_classes: int) -> FCOS:
     image.
     """
     m = config.model
-    backbone = resnet_fpn_backbone(m.backbone, weights_path=m.backbone_weights,
+    backbone = resnet_fpn_backbone(m.backbone,
+                                   weights=m.backbone_weights if load_backbone_weights else None,
+                                   pretrained=m.backbone_weights is not None,
                                    trainable_layers=m.trainable_backbone_layers,
                                    out_channels=m.fpn_channels)
     return FCOS(num_classes, backbone, min_size=config.input.min_size_test,
@@ -80,7 +87,7 @@ def load_trained_model(checkpoint: str | os.PathLike, config: Config | None = No
     if config is None:
         config = from_dict(state["config"])
     class_names = list(state["class_names"])
-    model = build_model(config, len(class_names))
+    model = build_model(config, len(class_names), load_backbone_weights=False)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

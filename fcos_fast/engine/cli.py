@@ -1,9 +1,10 @@
 """What the entry points ``train``, ``evaluate`` and ``infer`` share: the device, logging,
 the config of a checkpoint, and user errors reported as one line.
 
-A user mistake (a missing dataset or file, a bad config value, an unreadable checkpoint)
-ends a command with ``error: <what is wrong and what to do>`` on stderr and exit status
-2, never a traceback; anything else is a bug and keeps its traceback.
+A user mistake (a missing dataset or file, a bad config value, an unreadable checkpoint,
+backbone weights that are not there and cannot be downloaded) ends a command with
+``error: <what is wrong and what to do>`` on stderr and exit status 2, never a
+traceback; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from fcos_fast.config import (Config, ConfigError, apply_overrides, from_dict, l
 from fcos_fast.data import DatasetError
 from fcos_fast.engine.checkpoint import CheckpointError, load_checkpoint
 from fcos_fast.engine.distributed import get_rank, is_distributed, is_main_process
+from fcos_fast.model.backbone import WeightsError
 
 logger = logging.getLogger("fcos_fast")
 
 #: Exceptions that mean the user asked for something that cannot be done; the entry
 #: points print them as one line.
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DatasetError, CheckpointError,
-                                            FileNotFoundError)
+                                            WeightsError, FileNotFoundError)
 
 #: Exit status of a command stopped by a user error (argparse uses 2 as well).
 USAGE_ERROR = 2

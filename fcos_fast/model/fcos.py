@@ -44,8 +44,9 @@ class FCOS(nn.Module):
         backbone: ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"``,
             ``"resnet152"``, or a module that maps ``[B, 3, H, W]`` to one feature map per
             stride (a list or an ordered dict), all with ``backbone.out_channels`` channels.
-        backbone_weights: path to a torchvision ResNet ``state_dict`` (named backbones
-            only). Nothing is ever downloaded.
+        backbone_weights: a torchvision weights name (``"IMAGENET1K_V1"``, downloaded
+            into the torch hub cache on first use) or a ResNet ``state_dict`` file (named
+            backbones only).
         trainable_backbone_layers: ResNet stages trained, from ``layer4`` down (0-5);
             default 3 with ``backbone_weights``, else 5.
         strides: nominal stride of each pyramid level.
@@ -88,7 +89,7 @@ class FCOS(nn.Module):
         if candidates not in CANDIDATE_SCHEMES:
             raise ValueError(f"candidates must be one of {CANDIDATE_SCHEMES}, got {candidates!r}")
         if isinstance(backbone, str):
-            backbone = resnet_fpn_backbone(backbone, weights_path=backbone_weights,
+            backbone = resnet_fpn_backbone(backbone, weights=backbone_weights,
                                            trainable_layers=trainable_backbone_layers)
         elif backbone_weights is not None or trainable_backbone_layers is not None:
             raise ValueError("backbone_weights and trainable_backbone_layers apply only to a "

@@ -100,4 +100,4 @@ def test_a_weights_file_of_another_network_is_rejected(tmp_path, other):
     path = tmp_path / f"{other}.pth"
     torch.save(getattr(torchvision.models, other)(weights=None).state_dict(), path)
     with pytest.raises(ValueError, match="not a torchvision resnet18 state_dict"):
-        resnet_fpn_backbone("resnet18", weights_path=path)
+        resnet_fpn_backbone("resnet18", weights=path)
