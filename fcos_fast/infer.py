@@ -6,6 +6,10 @@ the dataset split ``--split`` (default: the config's validation split) are used.
 them side by side in ``DIR/grid.png``, and
 ``DIR/detections.json``: per image its path, size and every detection (``box`` as
 ``[x1, y1, x2, y2]`` in pixels, ``score``, ``label``, ``class_name``).
+
+``--torchvision-checkpoint FILE`` detects with a torchvision ``fcos_resnet50_fpn`` state
+dict instead (config: ``coco_r50_1x.yaml`` unless ``--config`` is given); its labels are
+COCO category ids, named as torchvision names them.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from pathlib import Path
 import torch
 
 from fcos_fast.data import build_dataset, load_image
-from fcos_fast.engine.build import load_trained_model
-from fcos_fast.engine.cli import checkpoint_config, report_user_errors, resolve_device
+from fcos_fast.engine.cli import (add_model_arguments, load_model, model_config,
+                                  report_user_errors, resolve_device)
 from fcos_fast.visualize import draw_detections, montage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -56,9 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fcos_fast.infer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", help="image files or folders")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
+    add_model_arguments(parser)
     parser.add_argument("--out", required=True, help="folder for the pictures and the JSON")
-    parser.add_argument("--config", default=None, help="config (default: the checkpoint's)")
     parser.add_argument("--split", default=None,
                         help="with no inputs: dataset split to draw from (default: validation)")
     parser.add_argument("--num-images", type=int, default=8,
@@ -67,16 +70,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="draw and list detections scoring above this")
     parser.add_argument("--scale", type=int, default=0,
                         help="enlarge pictures this many times (default: to >= 384 px)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. model.backend=reference")
     args = parser.parse_args(argv)
     return report_user_errors(lambda: _infer(args))
 
 
 def _infer(args: argparse.Namespace) -> int:
-    config = checkpoint_config(args.checkpoint, args.config, args.set)
+    config = model_config(args)
     device = resolve_device(config.train.device)
-    model, config, class_names = load_trained_model(args.checkpoint, config, device=device)
+    model, config, class_names = load_model(args, config, device)
     if args.inputs:
         paths = find_images(args.inputs)
     else:

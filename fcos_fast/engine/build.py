@@ -11,6 +11,7 @@ from fcos_fast.config import Config, from_dict
 from fcos_fast.engine.checkpoint import load_checkpoint
 from fcos_fast.engine.schedule import WarmupSchedule
 from fcos_fast.model import FCOS, resnet_fpn_backbone
+from fcos_fast.model.torchvision_compat import load_torchvision_checkpoint
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -94,3 +95,20 @@ def load_trained_model(checkpoint: str | os.PathLike, config: Config | None = No
         raise ValueError(f"the weights in {checkpoint} do not fit the model the config "
                          f"describes: {error}") from error
     return model.to(device).eval(), config, class_names
+
+
+def build_torchvision_model(config: Config, path: str | os.PathLike, *,
+                            device: torch.device | str = "cpu") -> FCOS:
+    """Our FCOS with the weights of a torchvision ``fcos_resnet50_fpn`` checkpoint file,
+    in eval mode, resizing and post-processing as ``config`` says (``input.*_test``,
+    ``model.score_thresh``, ``nms_thresh``, ``topk_candidates``, ``detections_per_img``,
+    ``candidates``, ``backend``). Its labels are the checkpoint's (COCO category ids for
+    torchvision's COCO weights)."""
+    m = config.model
+    model = load_torchvision_checkpoint(
+        path, backend=m.backend, candidates=m.candidates, centerness_weight=m.centerness_weight,
+        min_size=config.input.min_size_test, max_size=config.input.max_size_test,
+        score_thresh=m.score_thresh, nms_thresh=m.nms_thresh,
+        topk_candidates=m.topk_candidates, detections_per_img=m.detections_per_img,
+        center_sampling_radius=m.center_sampling_radius)
+    return model.to(device).eval()

@@ -9,19 +9,24 @@ traceback; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
+from torchvision.models.detection import FCOS_ResNet50_FPN_Weights
 
 from fcos_fast.config import (Config, ConfigError, apply_overrides, from_dict, load_config,
                               parse_overrides)
 from fcos_fast.data import DatasetError
+from fcos_fast.engine.build import build_torchvision_model, load_trained_model
 from fcos_fast.engine.checkpoint import CheckpointError, load_checkpoint
 from fcos_fast.engine.distributed import get_rank, is_distributed, is_main_process
 from fcos_fast.model.backbone import WeightsError
+from fcos_fast.model.torchvision_compat import COCO_CATEGORIES
 
 logger = logging.getLogger("fcos_fast")
 
@@ -32,6 +37,10 @@ USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DatasetError, Checkpoin
 
 #: Exit status of a command stopped by a user error (argparse uses 2 as well).
 USAGE_ERROR = 2
+
+#: The config of ``--torchvision-checkpoint`` when none is given: the network of
+#: torchvision's ``fcos_resnet50_fpn`` and the COCO 2017 data.
+TORCHVISION_CONFIG = "coco_r50_1x.yaml"
 
 
 def report_user_errors(command: Callable[[], int]) -> int:
@@ -101,3 +110,43 @@ def checkpoint_config(checkpoint: str | Path, config_file: str | None,
         return load_config(config_file, overrides)
     stored = load_checkpoint(checkpoint)["config"]
     return from_dict(apply_overrides(stored, parse_overrides(overrides)))
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` or ``--torchvision-checkpoint``, ``--config`` and ``--set``."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="checkpoint.pt of a training run")
+    source.add_argument("--torchvision-checkpoint", metavar="FILE",
+                        help="a torchvision fcos_resnet50_fpn state_dict, e.g. its COCO "
+                             "weights fcos_resnet50_fpn_coco-99b0c9b7.pth (labels are COCO "
+                             "category ids); the config gives the data, the test-time "
+                             "resize and the post-processing")
+    parser.add_argument("--config", default=None,
+                        help=f"config (default: the checkpoint's; {TORCHVISION_CONFIG} with "
+                             f"--torchvision-checkpoint)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. model.backend=reference")
+
+
+def model_config(args: argparse.Namespace) -> Config:
+    """The config of the model ``add_model_arguments`` named, ``--set`` applied."""
+    if args.torchvision_checkpoint is not None:
+        return load_config(args.config or TORCHVISION_CONFIG, args.set)
+    return checkpoint_config(args.checkpoint, args.config, args.set)
+
+
+def load_model(args: argparse.Namespace, config: Config, device: torch.device
+               ) -> tuple[nn.Module, Config, list[str]]:
+    """The model ``add_model_arguments`` named, in eval mode on ``device``, its config and
+    class names (for torchvision's COCO weights: ``COCO_CATEGORIES``, by category id)."""
+    if args.torchvision_checkpoint is None:
+        return load_trained_model(args.checkpoint, config, device=device)
+    path = Path(args.torchvision_checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"--torchvision-checkpoint {path} does not exist (torchvision's "
+                                f"COCO weights: {FCOS_ResNet50_FPN_Weights.COCO_V1.url})")
+    model = build_torchvision_model(config, path, device=device)
+    if model.num_classes != len(COCO_CATEGORIES):
+        raise WeightsError(f"{path} has {model.num_classes} classes; torchvision's COCO "
+                           f"detectors have {len(COCO_CATEGORIES)} (label = COCO category id)")
+    return model, config, list(COCO_CATEGORIES)

@@ -3,21 +3,34 @@
 This is how a user starts from torchvision's COCO checkpoint, and the proof that the
 pipeline is right: with torchvision's choices (per-level top-k, centerness weight 1) the
 two models give the same losses and the same detections on the same inputs.
+``load_torchvision_checkpoint`` reads a ``fcos_resnet50_fpn`` checkpoint file (the
+published COCO weights among them); ``CategoryRelabel`` maps its labels, which are COCO
+category ids, to a dataset's contiguous labels.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-from torch import nn
+import torchvision
+from torch import Tensor, nn
 from torchvision.models.detection import FCOS as TorchvisionFCOS
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection import FCOS_ResNet50_FPN_Weights
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from fcos_fast.model.backbone import resnet_fpn_backbone
+from fcos_fast.model.backbone import WeightsError, load_state_dict_file, resnet_fpn_backbone
 from fcos_fast.model.fcos import FCOS
+
+#: The class names of torchvision's COCO detectors by label. A label is the COCO category
+#: id: ``"__background__"`` (0) and ``"N/A"`` fill the 91 ids COCO leaves unused.
+COCO_CATEGORIES: tuple[str, ...] = tuple(FCOS_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
 
 # (block type, blocks per stage) -> torchvision constructor name.
 _RESNET_LAYOUTS = {
@@ -145,3 +158,106 @@ def _rebuild_resnet_fpn(tv_backbone: nn.Module) -> BackboneWithFPN | None:
                     == {k: v.shape for k, v in tv_backbone.state_dict().items()})
     same_outputs = ours.body.return_layers == body.return_layers
     return ours if same_modules and same_tensors and same_outputs else None
+
+
+def torchvision_fcos_resnet50_fpn(num_classes: int = 91, **kwargs: Any) -> TorchvisionFCOS:
+    """torchvision's ``fcos_resnet50_fpn`` as its COCO weights were trained (frozen
+    BatchNorm, stem and ``layer1`` frozen), with random weights and no download.
+
+    ``kwargs`` go to torchvision's ``FCOS`` (``min_size``, ``score_thresh``, ...).
+    """
+    resnet = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(resnet, 3, returned_layers=[2, 3, 4],
+                                     extra_blocks=LastLevelP6P7(256, 256))
+    return TorchvisionFCOS(backbone, num_classes, **kwargs)
+
+
+def load_torchvision_checkpoint(path: str | os.PathLike, *, backend: str | None = None,
+                                candidates: str = "per_level", centerness_weight: float = 1.0,
+                                **settings: Any) -> FCOS:
+    """Our ``FCOS`` with the weights of a torchvision ``fcos_resnet50_fpn`` checkpoint.
+
+    Args:
+        path: a ``state_dict`` of torchvision's ``fcos_resnet50_fpn``, e.g. its published
+            COCO weights ``fcos_resnet50_fpn_coco-99b0c9b7.pth``
+            (``FCOS_ResNet50_FPN_Weights.COCO_V1``), or a checkpoint of torchvision's
+            detection references (the ``state_dict`` under ``"model"``). The number of
+            classes is read from it (91 for COCO: label = COCO category id).
+        backend, candidates, centerness_weight: as for ``from_torchvision``.
+        settings: torchvision ``FCOS`` settings (``min_size``, ``max_size``,
+            ``score_thresh``, ``nms_thresh``, ``detections_per_img``,
+            ``topk_candidates``, ``center_sampling_radius``); torchvision's defaults
+            otherwise.
+
+    Returns:
+        The model in eval mode, on the CPU.
+
+    Raises:
+        WeightsError: the file cannot be read or is not such a checkpoint.
+    """
+    state = load_state_dict_file(path)
+    if isinstance(state.get("model"), dict):
+        state = state["model"]
+    logits = state.get("head.classification_head.cls_logits.weight")
+    if not isinstance(logits, Tensor):
+        raise WeightsError(f"{path} is not a torchvision fcos_resnet50_fpn state_dict (it has "
+                           f"no head.classification_head.cls_logits.weight)")
+    tv_model = torchvision_fcos_resnet50_fpn(logits.shape[0], **settings)
+    try:
+        tv_model.load_state_dict(state)
+    except RuntimeError as error:
+        reason = " ".join(str(error).split())[:300]
+        raise WeightsError(f"{path} is not a torchvision fcos_resnet50_fpn state_dict: "
+                           f"{reason}") from None
+    return from_torchvision(tv_model.eval(), backend=backend, candidates=candidates,
+                            centerness_weight=centerness_weight)
+
+
+def coco_category_labels(label_to_category_id: Sequence[int], class_names: Sequence[str]
+                         ) -> dict[int, int]:
+    """``{COCO category id: dataset label}`` for a dataset whose categories are COCO's.
+
+    Raises:
+        WeightsError: a category is not COCO's (another id, or another name for the id).
+    """
+    mapping = {}
+    for label, (category, name) in enumerate(zip(label_to_category_id, class_names)):
+        known = COCO_CATEGORIES[category] if 0 < category < len(COCO_CATEGORIES) else None
+        if known != name:
+            raise WeightsError(
+                f"the dataset's category {category} ({name!r}) is not COCO's"
+                + (f" ({known!r})" if known else "")
+                + ": torchvision's COCO weights are evaluated on a set with COCO's category "
+                  "ids and names")
+        mapping[category] = label
+    return mapping
+
+
+class CategoryRelabel(nn.Module):
+    """A detector whose detections get other labels: ``label_map[label]``; detections
+    with a label the map lacks are dropped (e.g. torchvision's COCO category ids to the
+    contiguous labels of a dataset of some of COCO's categories).
+
+    Everything but the labels is the wrapped detector's: a dropped detection frees no
+    place for another, so the kept ones are exactly those the detector gave.
+    """
+
+    def __init__(self, detector: nn.Module, label_map: dict[int, int]) -> None:
+        super().__init__()
+        self.detector = detector
+        lookup = torch.full((max(label_map, default=0) + 1,), -1, dtype=torch.int64)
+        for label, new_label in label_map.items():
+            lookup[label] = new_label
+        self.register_buffer("lookup", lookup, persistent=False)
+
+    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        relabeled = []
+        for detections in self.detector(images):
+            labels = detections["labels"]
+            known = labels < len(self.lookup)
+            new_labels = torch.where(known, self.lookup[labels.clamp(max=len(self.lookup) - 1)],
+                                     -1)
+            keep = new_labels >= 0
+            relabeled.append({**{key: value[keep] for key, value in detections.items()},
+                              "labels": new_labels[keep]})
+        return relabeled
