@@ -9,7 +9,10 @@ downloads into the torch hub cache the first time (``backbone_weights_file``).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import io
+import logging
 import os
 import re
 from pathlib import Path
@@ -24,6 +27,8 @@ from torchvision.models import WeightsEnum, get_model_weights
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+logger = logging.getLogger(__name__)
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -73,13 +78,17 @@ def backbone_weights_file(backbone: str, weights: str | os.PathLike) -> Path:
     file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(entry.url).path)
     if not file.is_file():
         try:
-            entry.get_state_dict(progress=True, check_hash=True)  # downloads into the cache
+            # torch.hub announces a download on stdout before it tries: say it only once
+            # it worked, so that an offline attempt gives the error line alone.
+            with contextlib.redirect_stdout(io.StringIO()):
+                entry.get_state_dict(progress=True, check_hash=True)  # into the cache
         except (OSError, http.client.HTTPException, RuntimeError) as error:
             # OSError covers URLError, timeouts and DNS failures; RuntimeError a bad hash.
             raise WeightsError(
                 f"{entry} ({file.name}) is not in the torch hub cache and cannot be "
                 f"downloaded from {entry.url} ({' '.join(str(error).split())}): put "
                 f"{file.name} in {file.parent}/") from None
+        logger.info("downloaded %s (%s) into %s", entry, file.name, file.parent)
     return file
 
 

@@ -124,8 +124,10 @@ def test_train_offline_without_the_file_stops_with_one_line(tmp_path, hub_checkp
                                                             downloads, capsys):
     code = train.main(["--out", str(tmp_path / "run"), "--no-progress",
                        "--set", *_weights_overrides(tmp_path)])
-    error = capsys.readouterr().err.strip().splitlines()
+    captured = capsys.readouterr()
+    error = captured.err.strip().splitlines()
     assert code == 2 and len(error) == 1, error
+    assert captured.out == ""  # not even torch.hub's "Downloading: ..." line
     assert error[0].startswith("error: ")
     assert f"put {RESNET18_FILE} in {hub_checkpoints}/" in error[0]
     assert not (tmp_path / "synthetic").exists()  # stopped before reading any data
