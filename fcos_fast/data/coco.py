@@ -19,9 +19,9 @@ from torch import Tensor
 
 from fcos_fast.data.common import DatasetError, DetectionDataset, make_target, quiet_coco
 
-COCO_HELP = ("Download the 2017 images and annotations from https://cocodataset.org/#download "
-             "(train2017.zip, val2017.zip, annotations_trainval2017.zip) and unzip them there, "
-             "or point data.root at the folder that holds them.")
+COCO_HELP = ("Run `python -m fcos_fast.data.download coco2017` (it fetches train2017.zip, "
+             "val2017.zip and annotations_trainval2017.zip from images.cocodataset.org and "
+             "unpacks them into data/coco), or point data.root at the folder that holds them.")
 
 
 def read_json(path: Path) -> Any:

@@ -27,9 +27,14 @@ class DatasetError(RuntimeError):
     """A dataset that is missing, or a file of it that cannot be used (named in the message)."""
 
 
+def data_home() -> Path:
+    """The folder of the user's datasets: ``$FCOS_FAST_DATA`` or ``./data``."""
+    return Path(os.environ.get("FCOS_FAST_DATA", "data"))
+
+
 def data_root(default_name: str) -> Path:
     """Default folder of a user's dataset: ``$FCOS_FAST_DATA/<name>`` or ``./data/<name>``."""
-    return Path(os.environ.get("FCOS_FAST_DATA", "data")) / default_name
+    return data_home() / default_name
 
 
 def load_image(path: str | os.PathLike) -> Tensor:

@@ -22,9 +22,9 @@ VOC_CLASSES = (
     "train", "tvmonitor",
 )
 
-VOC_HELP = ("Download VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar from "
-            "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/ and extract both in the same "
-            "folder (they unpack into VOCdevkit/VOC2007), or point data.root at it.")
+VOC_HELP = ("Run `python -m fcos_fast.data.download voc2007` (it fetches "
+            "VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar and unpacks them into "
+            "data/VOCdevkit/VOC2007), or point data.root at the folder holding VOCdevkit.")
 
 
 def parse_voc_xml(path: Path, class_to_label: dict[str, int]) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def test_voc_ap_ignores_difficult(voc):
 
 
 def test_missing_dataset_says_where_and_how(tmp_path):
-    with pytest.raises(DatasetError, match="host.robots.ox.ac.uk") as error:
+    with pytest.raises(DatasetError, match="python -m fcos_fast.data.download voc2007") as error:
         VOCDetection(tmp_path / "nowhere", "trainval")
     assert "VOCdevkit/VOC2007" in str(error.value)
 
