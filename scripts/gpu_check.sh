@@ -6,8 +6,10 @@
 # Steps, each timed (seconds per step on screen and in OUTDIR/timing.tsv), every log in
 # OUTDIR:
 #   environment  nvidia-smi, versions; is a GPU visible?
-#   tools        test tools that are missing, installed from ./wheels when that folder
-#                exists (the GPU machine may have no network: nothing else is fetched)
+#   tools        build and test tools that are missing, installed from ./wheels when that
+#                folder exists (the GPU machine may have no network: nothing is fetched);
+#                setuptools, pytest, hypothesis and pytest-benchmark are needed,
+#                expecttest, pycocotools, matplotlib and ninja optional
 #   build        fcos_fast._C with its CUDA kernels for this GPU (MAX_JOBS = all cores);
 #                fails if any op lacks a CUDA kernel or Triton is not available on CUDA
 #   pytest       `pytest -m cuda` with a JUnit XML; fails on any failure or error, on
@@ -16,10 +18,11 @@
 #                listed as not run, not counted as a failure.
 #   sanitizers   compute-sanitizer memcheck, racecheck and synccheck on
 #                scripts/cuda_smoke.py for FCOS_FAST_BACKEND=native and =triton: six
-#                runs side by side (memcheck without PyTorch's caching allocator, so that
-#                an access past a tensor's end is past an allocation's end)
-#   benchmarks   python -m benchmarks.run --quick: <device>.json rows, <device>.md table
-#                (and <device>.png when matplotlib is installed) in OUTDIR
+#                runs started after the build, side by side with pytest (memcheck
+#                without PyTorch's caching allocator, so that an access past a tensor's
+#                end is past an allocation's end); each run's seconds in timing.tsv
+#   benchmarks   python -m benchmarks.run --quick, alone on the GPU: <device>.json rows,
+#                <device>.md table (and <device>.png when matplotlib is installed) in OUTDIR
 #
 # Exit status: 0 every step passed; 1 a step failed (OUTDIR/summary.txt says which);
 # 2 no CUDA GPU is visible: it says so and runs nothing (the CPU checks are `make test`).
@@ -101,10 +104,10 @@ gpu_visible_to_driver() {
 
 step_tools() {
   local missing=0 entry module package
-  # module:pip-package. The first three are needed; the rest have fallbacks.
-  for entry in pytest:pytest hypothesis:hypothesis pytest_benchmark:pytest-benchmark \
-               expecttest:expecttest pycocotools:pycocotools matplotlib:matplotlib \
-               ninja:ninja; do
+  # module:pip-package. The first four are needed; the rest have fallbacks.
+  for entry in setuptools:setuptools pytest:pytest hypothesis:hypothesis \
+               pytest_benchmark:pytest-benchmark expecttest:expecttest \
+               pycocotools:pycocotools matplotlib:matplotlib ninja:ninja; do
     module=${entry%%:*}
     package=${entry#*:}
     $PY -c "import $module" 2>/dev/null && continue
@@ -114,7 +117,9 @@ step_tools() {
     fi
     if ! $PY -c "import $module" 2>/dev/null; then
       case $module in
-        pytest|hypothesis|pytest_benchmark) echo "MISSING (needed): $package"; missing=1 ;;
+        setuptools|pytest|hypothesis|pytest_benchmark)
+          echo "MISSING (needed): $package"
+          missing=1 ;;
         ninja) echo "missing: ninja (the build compiles one file at a time: slower)" ;;
         *) echo "missing: $package (what needs it is reported as not run)" ;;
       esac
@@ -209,41 +214,55 @@ if pytest_rc == 1 and not outcomes["failed"] and not outcomes["not run"]:
     problems.append("pytest reported a failure the XML does not show")
 if problems:
     sys.exit("FAIL: " + "; ".join(problems))
-not_run = f" ({len(outcomes['not run'])} not run: optional tools missing)" if outcomes["not run"] else ""
-print(f"cuda tests: every one that ran passed, none skipped{not_run}")
+not_run = len(outcomes["not run"])
+print("cuda tests: every one that ran passed, none skipped"
+      + (f" ({not_run} not run: optional tools missing)" if not_run else ""))
 EOF
   return "${PIPESTATUS[0]}"
 }
 
-step_sanitizers() {
-  local sanitizer backend tool log failed=0 i rc seconds summary
-  sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+SANITIZER_RUNS=()  # "pid tool backend"
+
+# Starts the six compute-sanitizer runs in the background: they check memory and
+# synchronisation, not speed, so they share the GPU with pytest.
+start_sanitizers() {
+  local sanitizer backend tool log
+  sanitizer=$(command -v compute-sanitizer \
+              || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
   if [ -z "$sanitizer" ]; then
-    echo "FAIL: compute-sanitizer not found"
+    echo "compute-sanitizer not found"
     return 1
   fi
-  local names=() pids=()
+  echo "compute-sanitizer: $sanitizer ($("$sanitizer" --version | tail -1))"
   for backend in native triton; do
     for tool in memcheck racecheck synccheck; do
       log="$OUT/sanitizer_${tool}_${backend}.log"
       (
         start=$(date +%s%N)
+        # memcheck without the caching allocator: a tensor's end is an allocation's end.
         if [ "$tool" = memcheck ]; then export PYTORCH_NO_CUDA_MEMORY_CACHING=1; fi
-        FCOS_FAST_BACKEND=$backend timeout "$SANITIZER_TIMEOUT_S" "$sanitizer" --tool "$tool" \
-          --error-exitcode 9 --report-api-errors no $PY scripts/cuda_smoke.py > "$log" 2>&1
+        FCOS_FAST_BACKEND=$backend timeout "$SANITIZER_TIMEOUT_S" \
+          "$sanitizer" --tool "$tool" --error-exitcode 9 --report-api-errors no \
+          $PY scripts/cuda_smoke.py > "$log" 2>&1
         rc=$?
         echo "$(elapsed_s "$start") $rc" > "$log.status"
         exit "$rc"
       ) &
-      pids+=($!)
-      names+=("$tool $backend")
+      SANITIZER_RUNS+=("$! $tool $backend")
     done
   done
-  for i in "${!pids[@]}"; do
-    wait "${pids[$i]}"
+}
+
+step_sanitizers() {
+  local run pid tool backend log rc seconds summary failed=0
+  if [ "${#SANITIZER_RUNS[@]}" -eq 0 ]; then
+    echo "FAIL: no sanitizer run was started (compute-sanitizer not found?)"
+    return 1
+  fi
+  for run in "${SANITIZER_RUNS[@]}"; do
+    read -r pid tool backend <<< "$run"
+    wait "$pid"
     rc=$?
-    tool=${names[$i]% *}
-    backend=${names[$i]#* }
     log="$OUT/sanitizer_${tool}_${backend}.log"
     read -r seconds _ 2>/dev/null < "$log.status" || seconds="?"
     printf 'sanitizer %s %s\t%s\n' "$tool" "$backend" "$seconds" >> "$OUT/timing.tsv"
@@ -283,8 +302,9 @@ if ! gpu_visible_to_torch; then
 fi
 run_step tools step_tools
 if run_step build step_build; then
+  start_sanitizers
   run_step pytest step_pytest
-  run_step sanitizers step_sanitizers
-  run_step benchmarks step_benchmarks
+  run_step sanitizers step_sanitizers  # the time waited for them after pytest
+  run_step benchmarks step_benchmarks  # alone on the GPU
 fi
 finish "$status"
