@@ -58,10 +58,11 @@ namespace ops {
 namespace {
 
 constexpr unsigned kFullWarp = 0xffffffffu;
-// Removed sets of up to 64 words (segments of up to 4096 boxes, as every category of
-// post-processing) sit in shared memory, where the serial chain of the sweep reads one
-// each word. A longer segment's sweep is dominated by reading the kept boxes' mask rows
-// (up to 64 loads per removed word), so its removed set costs little in global memory.
+// Removed sets of up to 64 words (segments of up to 4096 boxes: post-processing's
+// categories hold at most its k = 1000) sit in shared memory, where the serial chain of
+// the sweep reads one each word. A longer segment's sweep is dominated by reading the
+// kept boxes' mask rows (up to 64 loads per removed word), so its removed set costs
+// little in global memory.
 constexpr int64_t kMaxSharedRemovedWords = 64;
 
 // The layout table [kNmsLayoutRows, stride] on the device; `count` segments.
@@ -283,9 +284,9 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores,
   } else {
     layout = single_segment_layout(n, boxes.device());
   }
-  TORCH_CHECK(layout.tiles <= std::numeric_limits<int32_t>::max(),
-              "nms (CUDA): a category of ", layout.max_row_words * kNmsWordBits,
-              " boxes is too many for the mask kernel's grid");
+  TORCH_CHECK(layout.tiles <= std::numeric_limits<int32_t>::max(), "nms (CUDA): ",
+              layout.tiles, " mask tiles (categories of up to ",
+              layout.max_row_words * kNmsWordBits, " boxes) are too many for one grid");
   const at::Tensor sorted_boxes = boxes.index_select(0, sweep_order).contiguous();
 
   // Uninitialised: every word the sweep reads (the diagonal tiles and those right of it)
