@@ -1,7 +1,10 @@
-"""The package without its compiled extension: imports, warns once, reference works."""
+"""The package without its compiled extension: imports, warns once, reference works; and
+what a wheel of it holds."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -42,3 +45,28 @@ def test_package_works_without_the_extension():
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[0, 2]"
+
+
+def test_the_wheel_holds_every_module_the_kernels_and_the_configs(tmp_path):
+    """What ``pip wheel .`` packs besides the extension is what ``setup.py build_py``
+    copies; run it (no compiler involved) on a copy of the sources and compare with the
+    tree: every module of fcos_fast/, kernels/ as fcos_fast.kernels, the shipped configs."""
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copy(ROOT / "setup.py", source)
+    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc")
+    for folder in ("fcos_fast", "kernels"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=ignore)
+    env = {**os.environ, "FCOS_FAST_NO_EXTENSION": "1"}
+    result = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib",
+                             str(tmp_path / "lib")], cwd=source, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    built = {p.relative_to(tmp_path / "lib").as_posix()
+             for p in (tmp_path / "lib").rglob("*") if p.is_file()}
+    expected = {p.relative_to(ROOT).as_posix() for p in (ROOT / "fcos_fast").rglob("*.py")}
+    expected |= {f"fcos_fast/kernels/{p.name}" for p in (ROOT / "kernels").glob("*.py")}
+    expected |= {f"fcos_fast/configs/{p.name}" for p in (ROOT / "fcos_fast/configs").glob("*.yaml")}
+    assert built == expected
+    assert {"fcos_fast/kernels/nms.py", "fcos_fast/configs/voc_r18.yaml",
+            "fcos_fast/data/download.py"} <= built
