@@ -19,9 +19,22 @@ from fcos_fast.model.head import FCOSHead, HeadOutputs
 from fcos_fast.model.loss import assign_targets, fcos_losses
 from fcos_fast.model.points import Points, make_points
 from fcos_fast.model.postprocess import CANDIDATE_SCHEMES, postprocess_detections
+from fcos_fast.ops import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FCOSInputError(InputError, AssertionError):
+    """Images or targets ``FCOS`` cannot use; the message says which and why.
+
+    A ``ValueError`` (and, like every fcos_fast input error, a ``RuntimeError``), and an
+    ``AssertionError``: what torchvision's detection models raise for the same mistakes
+    (``torch._assert``), so code and tests written against them catch ours unchanged.
+    """
+
+
+FCOSInputError.__module__ = "fcos_fast.model"
 
 
 class FCOS(nn.Module):
@@ -33,7 +46,9 @@ class FCOS(nn.Module):
       ``{"cls_loss", "reg_loss", "ctr_loss"}`` (scalars; the training loss is their sum).
     * ``model.eval(); model(images)`` returns, per image, ``{"boxes": [D, 4] (x1, y1, x2,
       y2) in the input image's pixels, "scores": [D], "labels": [D] int64}`` sorted by
-      decreasing score.
+      decreasing score. With gradients enabled the boxes and scores carry the autograd
+      graph (``out[0]["scores"].sum().backward()`` reaches the weights), as in
+      torchvision; wrap inference in ``torch.no_grad()``/``torch.inference_mode()``.
 
     ``images`` is a list of ``[3, H_i, W_i]`` float tensors in ``[0, 1]``, of any sizes;
     ``targets`` a list of ``{"boxes": [G_i, 4] (x1, y1, x2, y2) float, "labels": [G_i]
@@ -122,7 +137,7 @@ class FCOS(nn.Module):
         """Losses in training mode, detections in evaluation mode (see the class docstring)."""
         if self.training:
             if targets is None:
-                raise ValueError("targets are required in training mode")
+                raise FCOSInputError("targets are required in training mode")
             _check_targets(targets, len(images), self.num_classes)
         original_sizes = [(image.shape[-2], image.shape[-1]) for image in images]
 
@@ -152,10 +167,14 @@ class FCOS(nn.Module):
                            focal_alpha=self.focal_alpha, focal_gamma=self.focal_gamma,
                            backend=self.backend)
 
-    @torch.no_grad()
     def detect(self, outputs: HeadOutputs, points: Points,
                image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        """Detections in the coordinates of the resized images of sizes ``image_sizes``."""
+        """Detections in the coordinates of the resized images of sizes ``image_sizes``.
+
+        Not under ``torch.no_grad``: with gradients enabled, scores and boxes keep the
+        graph back to the head and backbone, as torchvision's do; run inference under
+        ``torch.no_grad()`` or ``torch.inference_mode()`` to build none.
+        """
         return postprocess_detections(
             outputs, points, image_sizes, score_thresh=self.score_thresh,
             nms_thresh=self.nms_thresh, topk_candidates=self.topk_candidates,
@@ -164,24 +183,24 @@ class FCOS(nn.Module):
 
 
 def _check_targets(targets: list[dict[str, Tensor]], num_images: int, num_classes: int) -> None:
-    """Raise ``ValueError`` for targets the losses cannot use.
+    """Raise ``FCOSInputError`` (a ``ValueError``) for targets the losses cannot use.
 
     Shapes are checked per image; box and label values are checked on all images at once
     (one device sync): boxes need positive width and height, labels must be class indices.
     """
     if len(targets) != num_images:
-        raise ValueError(f"got {num_images} images but {len(targets)} targets")
+        raise FCOSInputError(f"got {num_images} images but {len(targets)} targets")
     for index, target in enumerate(targets):
         boxes, labels = target.get("boxes"), target.get("labels")
         if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
             shape = list(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
-            raise ValueError(f"targets[{index}]['boxes'] must be a [N, 4] tensor, got {shape}")
+            raise FCOSInputError(f"targets[{index}]['boxes'] must be a [N, 4] tensor, got {shape}")
         if not isinstance(labels, Tensor) or labels.shape != boxes.shape[:1]:
             shape = list(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-            raise ValueError(f"targets[{index}]['labels'] must be a [{len(boxes)}] tensor "
+            raise FCOSInputError(f"targets[{index}]['labels'] must be a [{len(boxes)}] tensor "
                              f"(one label per box), got {shape}")
         if not boxes.is_floating_point() or labels.is_floating_point():
-            raise ValueError(f"targets[{index}] needs float boxes and integer labels, got "
+            raise FCOSInputError(f"targets[{index}] needs float boxes and integer labels, got "
                              f"{boxes.dtype} and {labels.dtype}")
 
     boxes = torch.cat([target["boxes"] for target in targets])
@@ -192,9 +211,9 @@ def _check_targets(targets: list[dict[str, Tensor]], num_images: int, num_classe
         first = int(torch.nonzero(degenerate | bad_label)[0])
         image = next(i for i, n in enumerate(_cumulative_counts(targets)) if first < n)
         if bool(degenerate[first]):
-            raise ValueError(f"targets[{image}] has a box without positive width and height "
+            raise FCOSInputError(f"targets[{image}] has a box without positive width and height "
                              f"or with non-finite coordinates: {boxes[first].tolist()}")
-        raise ValueError(f"targets[{image}] has label {int(labels[first])} outside "
+        raise FCOSInputError(f"targets[{image}] has label {int(labels[first])} outside "
                          f"[0, {num_classes})")
 
 

@@ -13,6 +13,14 @@ the image, and reduced by class-aware ``ops.batched_nms``:
 The whole batch goes through each op in one call: images become extra columns of the
 score matrix given to ``ops.per_class_topk``, and extra categories for
 ``ops.batched_nms``, so candidates of different images never interact.
+
+Detections keep the autograd graph when gradients are enabled, as torchvision's do
+(explainability methods backpropagate from detection scores or boxes): the ops only
+choose indices, and the scores and boxes are gathered from the head outputs with
+autograd. Under ``torch.no_grad``/``inference_mode`` the same values come out, without a
+graph. The ops skip their value checks here (``check_values=False``): the boxes are the
+model's own predictions, and a diverged model's NaN must not become an exception (nor
+cost a device sync per call).
 """
 
 from __future__ import annotations
@@ -56,9 +64,12 @@ def candidates_per_class(scores: Tensor, k: int, score_thresh: float, *,
     """
     batch_size, num_points, num_classes = scores.shape
     # Column b * C + c holds class c of image b.
-    columns = scores.permute(1, 0, 2).reshape(num_points, batch_size * num_classes)
+    columns = scores.detach().permute(1, 0, 2).reshape(num_points, batch_size * num_classes)
     top_scores, point, column = ops.per_class_topk(columns, k, score_thresh, backend=backend)
-    return Candidates(top_scores, column // num_classes, point, column % num_classes)
+    image, label = column // num_classes, column % num_classes
+    if scores.requires_grad:  # the same values, gathered with autograd
+        top_scores = scores[image, point, label]
+    return Candidates(top_scores, image, point, label)
 
 
 def candidates_per_level(scores: Tensor, num_per_level: list[int], k: int,
@@ -113,7 +124,8 @@ def postprocess_detections(outputs: HeadOutputs, points: Points,
 
     Returns:
         Per image ``{"boxes": [D, 4] (x1, y1, x2, y2), "scores": [D], "labels": [D] int64}``
-        sorted by decreasing score; boxes and scores are float32 whatever the head's dtype.
+        sorted by decreasing score; boxes and scores are float32 whatever the head's dtype,
+        and differentiable with respect to the head outputs when gradients are enabled.
     """
     if candidates not in CANDIDATE_SCHEMES:
         raise ValueError(f"candidates must be one of {CANDIDATE_SCHEMES}, got {candidates!r}")
@@ -132,8 +144,9 @@ def postprocess_detections(outputs: HeadOutputs, points: Points,
     upper = sizes.flip(1).repeat(1, 2)  # [M, 4]: (W, H, W, H)
     boxes = torch.minimum(boxes.clamp(min=0), upper)
 
-    keep = ops.batched_nms(boxes, found.scores, found.image * num_classes + found.label,
-                           nms_thresh, backend=backend)  # by decreasing score
+    keep = ops.batched_nms(boxes.detach(), found.scores.detach(),
+                           found.image * num_classes + found.label, nms_thresh,
+                           backend=backend, check_values=False)  # by decreasing score
     kept_image = found.image[keep]
     detections = []
     for index in range(len(image_sizes)):

@@ -203,3 +203,56 @@ def test_unknown_options_are_rejected():
         FCOS(2, "resnet19")
     with pytest.raises(ValueError, match="candidates must be one of"):
         FCOS(2, "resnet18", candidates="global")
+
+
+def _nan_head(model: FCOS) -> dict[str, torch.Tensor]:
+    """Make the box regression NaN, as after a diverged step; returns what to restore."""
+    saved = {name: value.clone() for name, value in model.head.state_dict().items()}
+    with torch.no_grad():
+        model.head.box_regression.bias.fill_(float("nan"))
+    return saved
+
+
+def test_nan_predictions_give_non_finite_losses_not_an_error(model):
+    """A diverged model's NaN boxes reach ops.giou_loss unchecked: the losses come back
+    NaN (the trainer's non-finite guard then skips the step) instead of the op's input
+    check raising "pred contains NaN"."""
+    images, targets = random_batch(torch.Generator().manual_seed(6), NUM_CLASSES,
+                                   empty_image=False)
+    model.train()
+    saved = _nan_head(model)
+    try:
+        losses = model(images, targets)
+    finally:
+        model.head.load_state_dict(saved)
+    assert not torch.isfinite(losses["reg_loss"])
+    assert not torch.isfinite(sum(losses.values()))
+
+
+def test_nan_predictions_in_evaluation_do_not_raise(model):
+    """NaN boxes reach ops.batched_nms unchecked too: detections, however meaningless,
+    instead of an exception in the middle of an evaluation."""
+    model.eval()
+    model.score_thresh = 0.05
+    saved = _nan_head(model)
+    try:
+        with torch.no_grad():
+            detections = model([torch.rand(3, 64, 64), torch.rand(3, 50, 70)])
+    finally:
+        model.head.load_state_dict(saved)
+        model.score_thresh = 0.2
+    assert len(detections) == 2
+    for found in detections:
+        assert found["boxes"].shape == (len(found["scores"]), 4)
+        assert found["labels"].dtype == torch.int64
+
+
+def test_model_input_errors_are_also_assertion_errors(model):
+    """torchvision's detection models raise AssertionError (torch._assert) for these;
+    ours raise FCOSInputError, a ValueError and an AssertionError."""
+    from fcos_fast.model import FCOSInputError
+
+    model.train()
+    with pytest.raises(AssertionError) as raised:
+        model([torch.rand(3, 40, 40)])
+    assert isinstance(raised.value, FCOSInputError) and isinstance(raised.value, ValueError)

@@ -132,8 +132,9 @@ def test_half_precision_inputs_give_a_float32_loss(backend, device, reduction, d
     # Autograd hands each input a gradient of its own dtype.
     assert got[1].dtype == dtype and got[2].dtype == dtype
     # The loss is the float32 computation on the (exactly upcast) half inputs.
+    scale = max(1.0, float(expected[0].abs().max()))
     torch.testing.assert_close(got[0].cpu(), expected[0], rtol=0,
-                               atol=TOLERANCE[torch.float32] * max(1.0, float(expected[0].abs().max())))
+                               atol=TOLERANCE[torch.float32] * scale)
     # The gradients are the float32 ones rounded once to half: within one rounding, or
     # one step of the subnormal range (float16's tiny mean-reduced gradients are there).
     info = torch.finfo(dtype)
