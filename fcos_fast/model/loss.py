@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
@@ -88,10 +89,40 @@ def assign_targets(points: Points, targets: list[dict[str, Tensor]], *,
     return AssignedTargets(labels, boxes)
 
 
+def foreground_normalizer(foreground: Tensor) -> Tensor:
+    """The number the losses are divided by: this batch's foreground point count,
+    averaged over the processes of a distributed run, and at least 1.
+
+    With data parallelism each process's loss is ``S_k / N_avg`` (``S_k`` its summed loss,
+    ``N_avg = sum_k N_k / W``); DDP averages the gradients over the ``W`` processes, so
+    they are those of ``sum_k S_k / sum_k N_k``, the loss of one process that sees the
+    whole batch (official FCOS and mmdetection normalise so). Without it each process
+    would weigh its images by its own count. A tensor all the way (one all-reduce, no
+    host sync); only when ``torch.distributed`` is initialised with more than one process,
+    so every process must compute the losses at each step, as DDP training does.
+
+    Args:
+        foreground: ``[B, P]`` bool, the points with a target box.
+
+    Returns:
+        A float32 scalar tensor ``>= 1``.
+    """
+    count = foreground.sum().to(torch.float32)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(count)  # in place on a fresh tensor
+        count = count / dist.get_world_size()
+    # At least 1, so that a batch without boxes gives a finite (pure background)
+    # classification loss.
+    return count.clamp(min=1.0)
+
+
 def fcos_losses(outputs: HeadOutputs, points: Points, assigned: AssignedTargets, *,
                 centerness_weight: float = 1.0, focal_alpha: float = 0.25,
                 focal_gamma: float = 2.0, backend: str | None = None) -> dict[str, Tensor]:
     """The FCOS losses, each a sum over the batch divided by its number of foreground points.
+
+    The divisor is ``foreground_normalizer``: in a distributed run, the foreground count
+    averaged over the processes.
 
     * ``cls_loss``: sigmoid focal loss over every point and class (background points
       have all-zero targets).
@@ -115,9 +146,7 @@ def fcos_losses(outputs: HeadOutputs, points: Points, assigned: AssignedTargets,
     """
     cls_logits = outputs.cls_logits.float()
     foreground = assigned.labels >= 0  # [B, P]
-    # A tensor, not a Python number, so no device sync here; at least 1 so that a batch
-    # without boxes gives a finite (pure background) classification loss.
-    num_foreground = foreground.sum().clamp(min=1).to(cls_logits.dtype)
+    num_foreground = foreground_normalizer(foreground)
 
     # One-hot class targets; scattering 0 for background points leaves them all-zero.
     cls_targets = torch.zeros_like(cls_logits).scatter_(
