@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fcos_fast import train
+from fcos_fast.config import load_config
 from fcos_fast.engine.checkpoint import load_checkpoint
 from fcos_fast.engine.trainer import Trainer
 from tests.engine.tiny import tiny_overrides
@@ -47,8 +48,9 @@ def test_a_schedule_in_epochs(tmp_path):
                                             "solver.steps_epochs": "[1]"})
     assert train.main(["--out", str(out), "--no-progress", "--set", *overrides]) == 0
     assert sorted(_losses(out)) == [1, 2, 3, 4, 5, 6]
+    base_lr = load_config(None).solver.base_lr
     assert load_checkpoint(out / "checkpoint.pt")["scheduler"]["_last_lr"][0] == \
-        pytest.approx(0.01 * 0.1)
+        pytest.approx(base_lr * 0.1)
     assert "schedule: 6 iterations" in (out / "log.txt").read_text()
     assert "max_epochs: 1.5" in (out / "config.yaml").read_text()  # stored as written
 
