@@ -7,9 +7,15 @@ far), so the kernels round like PyTorch's elementwise kernels do:
 * ``a / b`` on float32 in Triton is an approximate division (``div.full.f32``) on
   NVIDIA GPUs; ``div_rn`` below is the IEEE-rounded one that PyTorch computes.
 * ``a * b + c`` may be contracted into one fused multiply-add, which rounds once
-  instead of twice; ``mul_rn`` below is a product that is never fused (libdevice's
+  instead of twice, and libdevice flushes float32 subnormals to zero by default. Every
+  launch therefore compiles with ``EXACT_FP`` (``enable_fp_fusion=False``: LLVM emits
+  ``mul.rn``/``add.rn``, which ptxas never fuses, and ptxas runs with ``--fmad=false``;
+  ``enable_reflect_ftz=False``: libdevice keeps subnormals). ``mul_rn`` below is, in
+  addition, a product that is never fused whatever the options (libdevice's
   ``__nv_fmul_rn`` / ``__nv_dmul_rn``). The interpreter computes with NumPy, which never
-  fuses, and has no libdevice, so there it is a plain product.
+  fuses and keeps subnormals, and has no libdevice, so there it is a plain product. The
+  ahead-of-time compile test (``tests/ops/test_triton_compile.py``) checks the PTX of
+  every launch for ``fma`` and ``.ftz``.
 
 Scalars. A float argument reaches a compiled kernel as float32 but stays a Python float
 (float64) in the interpreter, and PyTorch compares a float32 tensor with a Python float
@@ -17,6 +23,11 @@ threshold in float32 but a float64 tensor in float64. The launchers therefore ha
 float scalars (thresholds, eps) to the kernels as a one-element tensor of the computing
 dtype (``scalar_tensor``): one rounding rule, the same on every device, and still no
 host-device synchronisation (a fill kernel, not a copy).
+
+Launch configuration. Each kernel's choice of grid, warps and compile-time constants is
+one function of the input sizes returning a ``LaunchConfig``, which the launcher and the
+ahead-of-time compile test both call. Launchers run on their tensors' device
+(``device_guard``), as the native ops do with a ``CUDAGuard``.
 
 Registration. Every op is a ``torch.library.triton_op`` whose fake implementation is
 the one shared by all backends (``fcos_fast.ops.<op>``); ``register`` installs it.
@@ -27,7 +38,8 @@ coordinates give garbage answers, never an out-of-bounds access or an endless lo
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Any, Callable, NamedTuple
 
 import torch
 import triton
@@ -74,6 +86,31 @@ def load_boxes(ptr, rows, mask):
     x1, x2 = tl.split(xs)
     y1, y2 = tl.split(ys)
     return x1, y1, x2, y2
+
+
+# Compile options of every launch: no contraction into FMAs, no flush-to-zero (see above).
+EXACT_FP = {"enable_fp_fusion": False, "enable_reflect_ftz": False}
+
+
+class LaunchConfig(NamedTuple):
+    """How one kernel is launched: ``wrap_triton(kernel)[config.grid](*args, **config.kwargs)``."""
+
+    grid: tuple[int, ...]
+    num_warps: int
+    constexprs: dict[str, Any]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The launch's keyword arguments: the constexprs, the warps and ``EXACT_FP``."""
+        return {**self.constexprs, "num_warps": self.num_warps, **EXACT_FP}
+
+
+def device_guard(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Make ``tensor``'s CUDA device the current one while kernels launch (Triton launches
+    on the current device, whatever the tensors'); nothing for CPU tensors (interpreter)."""
+    if tensor.device.type == "cuda":
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
 
 
 def scalar_tensor(value: float, like: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from fcos_fast.kernels._common import NAN, load_boxes, next_power_of_2, register
+from fcos_fast.kernels._common import (NAN, LaunchConfig, device_guard, load_boxes,
+                                       next_power_of_2, register)
 from fcos_fast.ops.fcos_assign import fcos_assign_fake
 
 __all__ = ["fcos_assign"]
@@ -49,8 +50,8 @@ def _fcos_assign_kernel(
         g_ok = g < num_gt
         x1, y1, x2, y2 = load_boxes(image_boxes, g, g_ok)
         x1, y1, x2, y2 = x1[None, :], y1[None, :], x2[None, :], y2[None, :]
-        # The reference's arithmetic, operation for operation. (x1 + x2) * 0.5 is exactly
-        # (x1 + x2) / 2, and being exact, contracting it into an FMA with x changes nothing.
+        # The reference's arithmetic, operation for operation ((x1 + x2) * 0.5 is exactly
+        # (x1 + x2) / 2), compiled without FMA contraction or flush-to-zero (_common).
         center_x = (x1 + x2) * 0.5
         center_y = (y1 + y2) * 0.5
         left = x - x1
@@ -79,35 +80,48 @@ def _fcos_assign_kernel(
     tl.store(matched_ptr + image.to(tl.int64) * num_points + p, best.to(tl.int64), mask=p_ok)
 
 
-def _launch_config(num_slots: int) -> tuple[int, int, int]:
-    """``(BLOCK_P, BLOCK_G, num_warps)`` for an image of ``num_slots`` padded boxes.
+def launch_config(num_points: int, num_images: int, num_slots: int,
+                  dtype: torch.dtype) -> LaunchConfig:
+    """``_fcos_assign_kernel`` for ``num_images`` images of ``num_points`` points and
+    ``num_slots`` padded boxes (all > 0).
 
     The work is a ``P x G`` elementwise test with no reuse worth staging in shared
-    memory, so the tile is sized for registers: 128 points x up to 32 boxes at 8 warps
-    is 16 pairs per thread, ~130 registers for sm_90 (ptxas -v; at 4 warps ~250, half
-    the occupancy). Fewer box slots shrink the box chunk rather than wasting lanes on
+    memory, so the tile is sized for registers: 128 points x up to 32 float32 boxes at 8
+    warps is 16 pairs per thread, ~130 registers for sm_90 (ptxas -v; at 4 warps ~250,
+    half the occupancy); float64 doubles every register, so its chunk stops at 16 boxes
+    (32 spills). Fewer box slots shrink the box chunk rather than wasting lanes on
     padding; with ~17k-20k points per image, 128 points per program already gives ~150
     programs per image, a full GPU at batch 8-16, so the point block does not grow.
     """
-    block_g = min(32, next_power_of_2(num_slots))
-    return 128, block_g, 8
+    max_block_g = 16 if dtype == torch.float64 else 32
+    block_p = 128
+    block_g = min(max_block_g, next_power_of_2(num_slots))
+    return LaunchConfig((triton.cdiv(num_points, block_p), num_images), 8,
+                        {"BLOCK_P": block_p, "BLOCK_G": block_g})
+
+
+def fcos_assign_launch(points: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                       radius: torch.Tensor, gt_boxes: torch.Tensor, num_gt: torch.Tensor
+                       ) -> torch.Tensor:
+    """The launcher of ``fcos_fast::fcos_assign_triton`` (traceable)."""
+    num_images, num_slots = gt_boxes.shape[0], gt_boxes.shape[1]
+    num_points = points.shape[0]
+    if num_images == 0 or num_points == 0 or num_slots == 0:
+        return torch.full((num_images, num_points), -1, dtype=torch.int64, device=points.device)
+    matched = torch.empty((num_images, num_points), dtype=torch.int64, device=points.device)
+    config = launch_config(num_points, num_images, num_slots, points.dtype)
+    with device_guard(points):
+        wrap_triton(_fcos_assign_kernel)[config.grid](
+            points, lower, upper, radius, gt_boxes, num_gt, matched, num_points, num_slots,
+            **config.kwargs)
+    return matched
 
 
 @torch.library.triton_op("fcos_fast::fcos_assign_triton", mutates_args=())
 def _fcos_assign_triton(points: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
                         radius: torch.Tensor, gt_boxes: torch.Tensor,
                         num_gt: torch.Tensor) -> torch.Tensor:
-    num_images, num_slots = gt_boxes.shape[0], gt_boxes.shape[1]
-    num_points = points.shape[0]
-    if num_images == 0 or num_points == 0 or num_slots == 0:
-        return torch.full((num_images, num_points), -1, dtype=torch.int64, device=points.device)
-    matched = torch.empty((num_images, num_points), dtype=torch.int64, device=points.device)
-    block_p, block_g, num_warps = _launch_config(num_slots)
-    grid = (triton.cdiv(num_points, block_p), num_images)
-    wrap_triton(_fcos_assign_kernel)[grid](
-        points, lower, upper, radius, gt_boxes, num_gt, matched, num_points, num_slots,
-        BLOCK_P=block_p, BLOCK_G=block_g, num_warps=num_warps)
-    return matched
+    return fcos_assign_launch(points, lower, upper, radius, gt_boxes, num_gt)
 
 
 register(_fcos_assign_triton, fcos_assign_fake)

@@ -26,7 +26,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from fcos_fast.kernels._common import next_power_of_2, register, scalar_tensor
+from fcos_fast.kernels._common import (LaunchConfig, device_guard, next_power_of_2, register,
+                                       scalar_tensor)
 from fcos_fast.ops.per_class_topk import per_class_topk_fake
 
 __all__ = ["per_class_topk"]
@@ -175,7 +176,8 @@ def _merge_segments_kernel(top_key_ptr, top_idx_ptr, scores_ptr, out_idx_ptr, ou
 # k = 1000 candidates per class: BLOCK 1024, ~12 KB of keys and indices per program).
 # Below that, chunks of 256 keep the bitonic sort short. The network's cross-lane
 # exchanges favour few warps: 4 warps up to 1024 elements (8 pairs per thread, ~100
-# registers for sm_90 by ptxas -v), 8 beyond (~200 registers at 4096, no spills).
+# registers for sm_90 by ptxas -v), 8 beyond (~200 registers at 4096, no spills); float64
+# below.
 # Beyond 4096 the register-resident list would spill, so a larger k takes the
 # reference's algorithm, one sort of all classes at once.
 # A class's column is split into segments of 4 chunks, one program each, so that the
@@ -187,6 +189,41 @@ _MAX_BLOCK = 4096
 _CHUNKS_PER_SEGMENT = 4
 
 
+def list_block(num_points: int, k: int) -> int | None:
+    """``BLOCK``, the length of the running top list, or ``None`` when ``k`` is too large
+    for it and the launcher takes the sort path. ``num_points, k > 0``."""
+    block = max(next_power_of_2(min(k, num_points)), min(_MIN_BLOCK, next_power_of_2(num_points)),
+                2)
+    return block if block <= _MAX_BLOCK else None
+
+
+# float64 scores have int64 keys: 3 registers an element instead of 2. ptxas then spills
+# at 1024 elements on 4 warps and at 2048 on 8 (it settles for 128 registers), and at
+# 4096 on 16 warps (128 at most), but not at 4096 on 8 (254 registers): measured, see
+# benchmarks/results/triton_launch_configs.md.
+_FLOAT64_WARPS = {1024: 8, 2048: 16, 4096: 8}
+
+
+def _warps(block: int, dtype: torch.dtype) -> int:
+    if dtype == torch.float64 and block in _FLOAT64_WARPS:
+        return _FLOAT64_WARPS[block]
+    return 4 if block <= 1024 else 8
+
+
+def segment_launch_config(num_points: int, num_classes: int, block: int,
+                          dtype: torch.dtype) -> LaunchConfig:
+    """``_segment_top_kernel``: a program per (class, segment of ``4 * BLOCK`` points)."""
+    num_segments = triton.cdiv(num_points, _CHUNKS_PER_SEGMENT * block)
+    return LaunchConfig((num_classes, num_segments), _warps(block, dtype),
+                        {"BLOCK": block, "LOG_BLOCK": block.bit_length() - 1})
+
+
+def merge_launch_config(num_classes: int, block: int, dtype: torch.dtype) -> LaunchConfig:
+    """``_merge_segments_kernel``: a program per class."""
+    return LaunchConfig((num_classes,), _warps(block, dtype),
+                        {"BLOCK": block, "LOG_BLOCK": block.bit_length() - 1})
+
+
 def per_class_topk_table(scores: torch.Tensor, k: int, score_thresh: float
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scores, point_idx)`` tables ``[C, min(k, N)]``, each row best first, index
@@ -195,36 +232,37 @@ def per_class_topk_table(scores: torch.Tensor, k: int, score_thresh: float
     """
     num_points, num_classes = scores.shape
     k_out = min(k, num_points)
-    block = max(next_power_of_2(k_out), min(_MIN_BLOCK, next_power_of_2(num_points)), 2)
-    if block > _MAX_BLOCK:
+    block = list_block(num_points, k)
+    if block is None:
         # Every class at once by one stable sort (the reference's algorithm).
         candidates = torch.where(scores > score_thresh, scores,
                                  torch.full_like(scores, float("-inf")))
         top, point_idx = torch.sort(candidates.t(), dim=1, descending=True, stable=True)
         top, point_idx = top[:, :k_out], point_idx[:, :k_out]
         return top, torch.where(top > score_thresh, point_idx, -1)
-    segment_len = _CHUNKS_PER_SEGMENT * block
-    num_segments = triton.cdiv(num_points, segment_len)
-    key_dtype = torch.int64 if scores.dtype == torch.float64 else torch.int32
-    top_key = torch.empty((num_classes, num_segments, block), dtype=key_dtype,
-                          device=scores.device)
-    top_idx = torch.empty((num_classes, num_segments, block), dtype=torch.int32,
-                          device=scores.device)
-    num_warps = 4 if block <= 1024 else 8
-    wrap_triton(_segment_top_kernel)[(num_classes, num_segments)](
-        scores, scalar_tensor(score_thresh, scores), top_key, top_idx, num_points, num_classes,
-        segment_len, BLOCK=block, LOG_BLOCK=block.bit_length() - 1, num_warps=num_warps)
-    out_idx = torch.empty((num_classes, k_out), dtype=torch.int64, device=scores.device)
-    out_scores = scores.new_empty((num_classes, k_out))
-    wrap_triton(_merge_segments_kernel)[(num_classes,)](
-        top_key, top_idx, scores, out_idx, out_scores, num_segments, num_classes, k_out,
-        BLOCK=block, LOG_BLOCK=block.bit_length() - 1, num_warps=num_warps)
+    with device_guard(scores):
+        config = segment_launch_config(num_points, num_classes, block, scores.dtype)
+        num_segments = config.grid[1]
+        key_dtype = torch.int64 if scores.dtype == torch.float64 else torch.int32
+        top_key = torch.empty((num_classes, num_segments, block), dtype=key_dtype,
+                              device=scores.device)
+        top_idx = torch.empty((num_classes, num_segments, block), dtype=torch.int32,
+                              device=scores.device)
+        wrap_triton(_segment_top_kernel)[config.grid](
+            scores, scalar_tensor(score_thresh, scores), top_key, top_idx, num_points,
+            num_classes, _CHUNKS_PER_SEGMENT * block, **config.kwargs)
+        out_idx = torch.empty((num_classes, k_out), dtype=torch.int64, device=scores.device)
+        out_scores = scores.new_empty((num_classes, k_out))
+        config = merge_launch_config(num_classes, block, scores.dtype)
+        wrap_triton(_merge_segments_kernel)[config.grid](
+            top_key, top_idx, scores, out_idx, out_scores, num_segments, num_classes, k_out,
+            **config.kwargs)
     return out_scores, out_idx
 
 
-@torch.library.triton_op("fcos_fast::per_class_topk_triton", mutates_args=())
-def _per_class_topk_triton(scores: torch.Tensor, k: int, score_thresh: float
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def per_class_topk_launch(scores: torch.Tensor, k: int, score_thresh: float
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The launcher of ``fcos_fast::per_class_topk_triton`` (traceable)."""
     num_points, num_classes = scores.shape
     k_out = min(k, num_points)
     if k_out == 0 or num_classes == 0:
@@ -235,6 +273,12 @@ def _per_class_topk_triton(scores: torch.Tensor, k: int, score_thresh: float
     found = torch.nonzero(table_idx.flatten() >= 0).flatten()
     return (table_scores.flatten()[found], table_idx.flatten()[found],
             torch.div(found, k_out, rounding_mode="floor"))
+
+
+@torch.library.triton_op("fcos_fast::per_class_topk_triton", mutates_args=())
+def _per_class_topk_triton(scores: torch.Tensor, k: int, score_thresh: float
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return per_class_topk_launch(scores, k, score_thresh)
 
 
 register(_per_class_topk_triton, per_class_topk_fake)

@@ -13,7 +13,9 @@ the same tests run at full size on CUDA (marked ``cuda``).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 
 import torch
 
@@ -21,6 +23,7 @@ if not torch.cuda.is_available():  # before triton is imported (tests/conftest.p
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+import torchvision  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -134,6 +137,106 @@ def test_nms_empty(device):
     assert _triton("batched_nms", boxes, scores, idxs, 0.5).shape == (0,)
 
 
+def _postprocess_like(seed: int, num_categories: int, sizes, *, distinct_scores=True,
+                      device="cpu"):
+    """Boxes of many categories (images x classes) of the given sizes, clustered within
+    each category so that they suppress each other; distinct scores unless asked."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = [int(s) for s in sizes]
+    boxes = torch.cat([clustered_boxes(s, clusters=max(1, s // 12), generator=g)
+                       for s in sizes])
+    idxs = torch.cat([torch.full((s,), c) for c, s in
+                      zip(torch.randperm(num_categories, generator=g)[:len(sizes)].tolist(),
+                          sizes)])
+    n = boxes.shape[0]
+    if distinct_scores:
+        scores = torch.randperm(n, generator=g).float() / n
+    else:
+        scores = torch.randint(0, 5, (n,), generator=g).float() / 5
+    shuffle = torch.randperm(n, generator=g)
+    return boxes[shuffle].to(device), scores[shuffle].to(device), idxs[shuffle].to(device)
+
+
+def test_batched_nms_mask_is_allocated_per_category():
+    """The mask holds sum(L_c * ceil(L_c / 64)) words, never N * ceil(N / 64): here at the
+    postprocess shape of 16 images x 80 classes, up to 1000 candidates each."""
+    from fcos_fast.kernels.nms import sweep_plan
+
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.randint(1, 1001, (16 * 80,), generator=g)
+    sizes[:5] = torch.tensor([1, 63, 64, 65, 1000])  # word boundaries
+    boxes = random_boxes(int(sizes.sum()), generator=g)
+    idxs = torch.repeat_interleave(torch.randperm(16 * 80, generator=g) * 7 - 300, sizes)
+    shuffle = torch.randperm(boxes.shape[0], generator=g)
+    boxes, idxs = boxes[shuffle], idxs[shuffle]
+    scores = torch.rand(boxes.shape[0], generator=g)
+    plan = sweep_plan(boxes, scores, idxs)
+    lengths = torch.unique(idxs, return_counts=True)[1]
+    expected = int((lengths * ((lengths + 63) // 64)).sum())
+    assert plan.mask.numel() == expected
+    n = boxes.shape[0]
+    assert expected < n * ((n + 63) // 64) / 500  # 1.25 GB for all N: 2 MB here
+    assert int(plan.segments.count) == lengths.numel()
+    # The sweep's scratch (a removed bitset per segment) fits its allocation.
+    assert int(((lengths + 63) // 64).sum()) <= plan.removed.numel()
+    # nms: one segment of all the boxes.
+    assert sweep_plan(boxes[:100], scores[:100], None).mask.numel() == 100 * 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sizes", [
+    pytest.param([3, 1, 7, 2, 5, 1, 1, 4, 9, 2] * 6, id="60_small_categories"),
+    pytest.param([150, 1, 64, 65, 2, 30, 1], id="multi_word_segments"),
+    pytest.param([200], id="one_category"),
+])
+def test_batched_nms_per_category_matches_torchvision(device, sizes):
+    """torchvision's per-class path (its coordinate-offset trick, taken below 4000 boxes
+    on CPU, can round IoUs differently; see test_nms.py)."""
+    if not _small(device):
+        sizes = [s * 10 for s in sizes]
+    boxes, scores, idxs = _postprocess_like(len(sizes), 2 * len(sizes), sizes, device=device)
+    for threshold in (0.3, 0.6):
+        expected = torchvision.ops.boxes._batched_nms_vanilla(boxes.cpu(), scores.cpu(),
+                                                               idxs.cpu(), threshold)
+        got = _triton("batched_nms", boxes, scores, idxs, threshold)
+        assert torch.equal(got.cpu(), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_nms_tied_scores_across_categories(device):
+    """Few distinct scores: the merge keeps equal scores in increasing index order."""
+    boxes, scores, idxs = _postprocess_like(5, 40, [5, 9, 1, 70, 3] * 4, distinct_scores=False,
+                                            device=device)
+    _assert_same(_triton("batched_nms", boxes, scores, idxs, 0.4),
+                 _reference("batched_nms", boxes, scores, idxs, 0.4))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_nms_iou_exactly_at_threshold_in_each_category(device):
+    """A pair at IoU exactly 0.5 in every category (kept at 0.5, suppressed at 0.49), with
+    the categories' boxes on top of each other (they must not suppress across)."""
+    square, half = [0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 2.0]
+    boxes = torch.tensor([square, half] * 40, device=device)
+    scores = torch.linspace(1.0, 0.1, 80, device=device)
+    idxs = torch.arange(80, device=device) // 2 * 3
+    for threshold, kept in ((0.5, 80), (0.49, 40)):
+        got = _triton("batched_nms", boxes, scores, idxs, threshold)
+        assert got.numel() == kept
+        _assert_same(got, _reference("batched_nms", boxes, scores, idxs, threshold))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_nms_nan_scores_without_validation(device, monkeypatch):
+    """FCOS_FAST_VALIDATE=0 and NaN scores: no crash, the reference's answer (NaN sorts
+    first, as in torch.argsort)."""
+    monkeypatch.setenv("FCOS_FAST_VALIDATE", "0")
+    boxes, scores, idxs = _postprocess_like(6, 20, [12, 1, 40, 7, 66], device=device)
+    scores[::7] = float("nan")
+    _assert_same(_triton("batched_nms", boxes, scores, idxs, 0.5),
+                 _reference("batched_nms", boxes, scores, idxs, 0.5))
+    _assert_same(_triton("nms", boxes, scores, 0.5), _reference("nms", boxes, scores, 0.5))
+
+
 # ---------------------------------------------------------------- giou_loss
 
 def _giou_pairs(seed: int, n: int, dtype=torch.float64):
@@ -187,8 +290,35 @@ def test_giou_loss_ties_and_degenerate_boxes(device, reduction):
                           dtype=torch.float64)
     expected = _giou_with_grads("reference", pred, target, reduction)
     got = _giou_with_grads("triton", pred.to(device), target.to(device), reduction)
+    _assert_giou_bitwise(got, expected, reduction)
+
+
+def _assert_giou_bitwise(got, expected, reduction):
+    """Gradients (and unreduced losses) bit for bit, signed zeros included; a reduced
+    loss adds in another order than torch.sum, so it is close, not equal."""
+    if reduction != "none":
+        torch.testing.assert_close(got[0].cpu(), expected[0], rtol=1e-6, atol=1e-6)
+        got, expected = got[1:], expected[1:]
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64}
     for g, e in zip(got, expected, strict=True):
-        torch.testing.assert_close(g.cpu(), e, rtol=1e-12, atol=1e-12)
+        g = g.cpu()
+        assert g.dtype == e.dtype
+        different = g.view(bits[g.dtype]) != e.view(bits[e.dtype])
+        assert not different.any(), (g[different], e[different])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_giou_loss_gradients_equal_the_reference_bitwise(device, reduction, dtype, seed):
+    """The backward follows autograd's graph and its order of accumulation (issue 11:
+    before, the gradients differed from the reference's by ulps)."""
+    n = 2500 if _small(device) else 200_000
+    pred, target = _giou_pairs(seed, n, dtype)
+    expected = _giou_with_grads("reference", pred, target, reduction)
+    got = _giou_with_grads("triton", pred.to(device), target.to(device), reduction)
+    _assert_giou_bitwise(got, expected, reduction)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -235,7 +365,7 @@ def _assign_case(seed: int, num_images: int, max_boxes: int, image_size, dtype=t
 
 def _check_assign(*args, device):
     got = _triton("fcos_assign", *(a.to(device) for a in args))
-    assert got.device.type == device
+    assert got.device == torch.device(device) or got.device.type == device
     _assert_same(got, _reference("fcos_assign", *args))
 
 
@@ -455,13 +585,104 @@ def test_no_host_device_sync(monkeypatch):
         p = pred.clone().requires_grad_(True)
         ops.giou_loss(p, target, reduction="mean", backend="triton").backward()
         nms_keep_mask(boxes, scores, None, 0.5)
-        nms_keep_mask(boxes, scores, idxs, 0.5)
         per_class_topk_table(topk_scores, 1000, 0.05)
 
     run()  # compile the kernels first
+    nms_keep_mask(boxes, scores, idxs, 0.5)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         run()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    # batched_nms: one synchronisation, the size of its per-category mask.
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            nms_keep_mask(boxes, scores, idxs, 0.5)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len([w for w in caught if "synchroniz" in str(w.message)]) == 1
+
+
+# ---------------------------------------------------------------- device
+
+def _kernels() -> dict:
+    """Every Triton kernel of the backend, by name."""
+    from fcos_fast.kernels import fcos_assign, giou_loss, nms, per_class_topk
+
+    return {f"{module.__name__}.{name}": value
+            for module in (fcos_assign, giou_loss, nms, per_class_topk)
+            for name, value in vars(module).items()
+            if name.endswith("_kernel") and hasattr(value, "pre_run_hooks")}
+
+
+def _run_every_kernel(device) -> None:
+    """Every op once, forward and backward, small, each against the reference."""
+    boxes, scores, idxs = _nms_case(0, 70, device=device)
+    _check_nms(boxes, scores, idxs, 0.5)
+    pred, target = (t.float().to(device) for t in _giou_pairs(0, 20))
+    for reduction in ("none", "mean"):
+        expected = _giou_with_grads("reference", pred.cpu(), target.cpu(), reduction)
+        _assert_giou_bitwise(_giou_with_grads("triton", pred, target, reduction), expected,
+                             reduction)
+    _check_assign(*_assign_case(0, 1, 5, (16, 16)), device=device)
+    scores = _topk_scores(0, 30, 2, ties=False)
+    _assert_same(_triton("per_class_topk", scores.to(device), 3, 0.1),
+                 _reference("per_class_topk", scores, 3, 0.1))
+
+
+def test_every_kernel_launches_inside_the_device_guard(monkeypatch):
+    """Each launcher enters ``device_guard(tensor)`` around its launches (issue 11:
+    there was none, and tensors on cuda:1 ran on the current device)."""
+    from fcos_fast.kernels import fcos_assign, giou_loss, nms, per_class_topk
+
+    if "triton" not in ops.available_backends("cpu"):
+        pytest.skip("needs the Triton interpreter")
+    guarded = []
+
+    @contextlib.contextmanager
+    def recording_guard(tensor):
+        guarded.append(tensor.device)
+        try:
+            yield
+        finally:
+            guarded.pop()
+
+    for module in (fcos_assign, giou_loss, nms, per_class_topk):
+        monkeypatch.setattr(module, "device_guard", recording_guard)
+    launched = {}
+    for name, kernel in _kernels().items():
+        monkeypatch.setattr(kernel, "pre_run_hooks", [
+            lambda *args, name=name, **kwargs: launched.setdefault(name, []).append(
+                list(guarded))])
+    _run_every_kernel(torch.device("cpu"))
+    assert set(launched) == set(_kernels())  # every kernel ran, each inside a guard
+    assert all(stack == [torch.device("cpu")] for runs in launched.values() for stack in runs)
+
+
+def test_device_guard_selects_the_tensors_cuda_device():
+    from fcos_fast.kernels._common import device_guard
+
+    class OnSecondGpu:  # device_guard looks at .device only; no GPU needed
+        device = torch.device("cuda", 1)
+
+    guard = device_guard(OnSecondGpu())
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert isinstance(device_guard(torch.zeros(1)), contextlib.nullcontext)
+
+
+@pytest.mark.cuda
+def test_kernels_launch_on_the_tensors_device(monkeypatch):
+    """Tensors on the last GPU while the current device is cuda:0 (on a one-GPU machine
+    the same check, trivially)."""
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    launched = []
+    for kernel in _kernels().values():
+        monkeypatch.setattr(kernel, "pre_run_hooks", [
+            lambda *args, **kwargs: launched.append(torch.cuda.current_device())])
+    with torch.cuda.device(0):
+        _run_every_kernel(device)
+        assert torch.cuda.current_device() == 0
+    assert launched and set(launched) == {device.index}
