@@ -87,9 +87,12 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     expected, resumed = (load_checkpoint(p / "checkpoint.pt") for p in (straight, interrupted))
     for key, value in expected["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
-    for a, b in zip(expected["optimizer"]["state"].values(),
-                    resumed["optimizer"]["state"].values()):
-        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    expected_state, resumed_state = expected["optimizer"]["state"], resumed["optimizer"]["state"]
+    assert expected_state.keys() == resumed_state.keys() and expected_state
+    for index, state in expected_state.items():  # momentum, or AdamW's moments and step
+        assert state.keys() == resumed_state[index].keys()
+        for name, value in state.items():
+            assert torch.equal(value, resumed_state[index][name]), (index, name)
     assert expected["scheduler"] == resumed["scheduler"]
     assert _losses(straight) == _losses(interrupted)
     metrics = [json.loads((p / "metrics.json").read_text()) for p in (straight, interrupted)]
