@@ -34,6 +34,8 @@ the one shared by all backends (``fcos_fast.ops.<op>``); ``register`` installs i
 
 Memory safety. No address depends on a value read from an input: NaN, inf or garbage
 coordinates give garbage answers, never an out-of-bounds access or an endless loop.
+(NMS addresses its mask through segment tables that its launcher computes from the
+sorted categories; they are in range whatever the categories and scores are.)
 """
 
 from __future__ import annotations
