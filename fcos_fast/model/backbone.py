@@ -131,7 +131,7 @@ class LastLevelP6P7Float32(LastLevelP6P7):
                 ) -> tuple[list[Tensor], list[str]]:
         source = p[-1] if self.use_P5 else c[-1]
         with torch.autocast(source.device.type, enabled=False):
-            p6 = self.p6(source.float())
+            p6 = self.p6(source.to(self.p6.weight.dtype))  # float32, or float64 for .double()
             p7 = self.p7(F.relu(p6))
         p.extend([p6, p7])
         names.extend(["p6", "p7"])

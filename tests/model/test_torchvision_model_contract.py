@@ -178,11 +178,6 @@ def test_detection_model_validation(model):
         model(x, targets=[{"boxes": boxes.float(), "labels": torch.tensor([0, 1])}])
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="fcos_fast/model/backbone.py LastLevelP6P7Float32 casts P5 to "
-                          "float32 (source.float()) whatever the weights' dtype, so a "
-                          "float64 model fails in P6; reported to the lead (not this "
-                          "helper's file)")
 def test_double_model():
     """test_fasterrcnn_double, for FCOS: a float64 model runs and backpropagates."""
     torch.manual_seed(0)
