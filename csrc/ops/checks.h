@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -107,6 +108,32 @@ inline void per_class_topk_inputs(c10::DeviceType device_type, const at::Tensor&
   TORCH_CHECK(scores.dim() == 2, "scores must be [N, C], got ", scores.sizes());
   TORCH_CHECK(k >= 0, "k must be >= 0, got ", k);
   on_one_device("per_class_topk", device_type, {&scores});
+}
+
+// batched_nms_padded: boxes [S, L, 4] and scores [S, L] of one dtype, int64 counts [S],
+// and optionally int64 category ids [S, L].
+inline void batched_nms_padded_inputs(c10::DeviceType device_type, const at::Tensor& boxes,
+                                      const at::Tensor& scores, const at::Tensor& counts,
+                                      const std::optional<at::Tensor>& idxs) {
+  TORCH_CHECK(boxes.dim() == 3 && boxes.size(2) == 4, "boxes must be [S, L, 4], got ",
+              boxes.sizes());
+  TORCH_CHECK(scores.dim() == 2 && scores.size(0) == boxes.size(0) &&
+                  scores.size(1) == boxes.size(1),
+              "scores must be [S, L] with [S, L] = boxes.shape[:2], got ", scores.sizes());
+  TORCH_CHECK(scores.scalar_type() == boxes.scalar_type(), "boxes and scores must share a dtype");
+  TORCH_CHECK(counts.dim() == 1 && counts.size(0) == boxes.size(0),
+              "counts must be [S] with S = boxes.size(0), got ", counts.sizes());
+  TORCH_CHECK(counts.scalar_type() == at::kLong, "counts must be int64, got ",
+              counts.scalar_type());
+  if (!idxs.has_value()) {
+    on_one_device("batched_nms_padded", device_type, {&boxes, &scores, &counts});
+    return;
+  }
+  TORCH_CHECK(idxs->sizes() == scores.sizes(), "idxs must be [S, L] like scores, got ",
+              idxs->sizes());
+  TORCH_CHECK(idxs->scalar_type() == at::kLong, "idxs must be int64, got ",
+              idxs->scalar_type());
+  on_one_device("batched_nms_padded", device_type, {&boxes, &scores, &counts, &*idxs});
 }
 
 }  // namespace checks

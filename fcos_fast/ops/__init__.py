@@ -10,10 +10,12 @@ checks raise ``RuntimeError``), so ``except`` clauses written for either catch i
 from fcos_fast.ops import _dispatch
 from fcos_fast.ops._dispatch import BACKEND_ENV_VAR, available_backends
 from fcos_fast.ops._validate import VALIDATE_ENV_VAR, InputError
+from fcos_fast.ops.batched_nms_padded import batched_nms_padded
 from fcos_fast.ops.fcos_assign import fcos_assign
 from fcos_fast.ops.giou_loss import giou_loss
 from fcos_fast.ops.nms import batched_nms, nms
 from fcos_fast.ops.per_class_topk import per_class_topk
+from fcos_fast.ops.per_class_topk_padded import per_class_topk_padded
 
 # Last: the Triton kernels import the fakes and autograd helpers defined above.
 _dispatch.load_implementations()
@@ -24,6 +26,8 @@ __all__ = [
     "giou_loss",
     "fcos_assign",
     "per_class_topk",
+    "per_class_topk_padded",
+    "batched_nms_padded",
     "available_backends",
     "InputError",
     "BACKEND_ENV_VAR",

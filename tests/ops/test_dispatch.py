@@ -84,3 +84,24 @@ def test_cuda_prefers_compiled_backends(monkeypatch):
     chosen = _dispatch.select("nms", torch.device("cuda"))
     assert chosen is not _dispatch.BACKENDS["reference"].implementation("nms") or backends == [
         "reference"]
+
+
+@pytest.mark.parametrize("op", _dispatch.OP_NAMES)
+def test_every_backend_implements_every_op(op):
+    """Each op of the registry resolves in every backend that says it can run it."""
+    for name, backend in _dispatch.BACKENDS.items():
+        if not backend.not_supported_reasons(op, torch.device("cpu")):
+            assert callable(_dispatch.select(op, torch.device("cpu"), name)), (op, name)
+
+
+@pytest.mark.parametrize("op,call", [
+    ("per_class_topk_padded", lambda b: ops.per_class_topk_padded(
+        torch.rand(5, 2), 3, 0.1, backend=b)),
+    ("batched_nms_padded", lambda b: ops.batched_nms_padded(
+        torch.rand(2, 3, 4), torch.rand(2, 3), torch.tensor([1, 3]), 0.5, backend=b)),
+])
+def test_fixed_size_ops_explicit_backend_that_cannot_run_says_why(monkeypatch, op, call):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match=f"backend 'triton' cannot run fcos_fast.ops.{op} on "
+                                         "cpu: .*TRITON_INTERPRET=1"):
+        call("triton")

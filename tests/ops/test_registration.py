@@ -31,12 +31,16 @@ def _sample_args(device):
         "giou_loss": (pred.requires_grad_(True), target, "mean", 1e-7),
         "fcos_assign": (points, lower, upper, radius, gt.to(device), num_gt.to(device)),
         "per_class_topk": (torch.rand(30, 4, generator=g).to(device), 5, 0.3),
+        "per_class_topk_padded": (torch.rand(30, 4, generator=g).to(device), 5, 0.3),
+        "batched_nms_padded": (boxes.view(3, 8, 4), scores.view(3, 8),
+                               torch.tensor([8, 0, 5], device=device), 0.5, idxs.view(3, 8)),
     }
 
 
 @pytest.mark.parametrize("backend,device", backend_matrix(include_reference=False))
 @pytest.mark.parametrize("op", ["nms", "batched_nms", "giou_loss", "fcos_assign",
-                                "per_class_topk"])
+                                "per_class_topk", "per_class_topk_padded",
+                                "batched_nms_padded"])
 def test_opcheck(backend, device, op):
     """Schema, fake, autograd registration and dispatch agree (torch.library.opcheck)."""
     args = _sample_args(device)[op]

@@ -1,14 +1,6 @@
 // fcos_fast::per_class_topk on CPU: for every class, the up-to-k points scoring above the
-// threshold, by (score descending, point index ascending).
-//
-// One pass over the [N, C] scores in memory order; threads take contiguous ranges of
-// classes, so each reads its part of every row (no strided per-class column walks).
-// A candidate is one integer, (descending score key << bits) | point index, so the
-// output order is plain integer order: selection and sorting run on integers with no
-// comparator and no ties. Each class keeps a buffer of candidates and a cut-off score: a point
-// enters when its score beats the cut-off; when the buffer is full it is pruned to its
-// best k and the cut-off rises to the k-th best score. Points arrive in increasing
-// index, so a later point that only ties the k-th score ranks below it and stays out.
+// threshold, by (score descending, point index ascending): the selection of
+// ops/cpu/per_class_select.h, compacted class after class.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -21,85 +13,12 @@
 #include <vector>
 
 #include "ops/checks.h"
-#include "ops/cpu/sort_keys.h"
+#include "ops/cpu/per_class_select.h"
 
 namespace fcos_fast {
 namespace ops {
 
 namespace {
-
-// Candidate keys: the score key in the high half, the point index in the low half.
-template <typename scalar_t>
-struct CandidateKey;
-
-template <>
-struct CandidateKey<float> {
-  using type = uint64_t;
-};
-
-template <>
-struct CandidateKey<double> {
-  using type = unsigned __int128;
-};
-
-template <typename scalar_t>
-using Candidate = typename CandidateKey<scalar_t>::type;
-
-template <typename scalar_t>
-Candidate<scalar_t> make_candidate(scalar_t score, int64_t point) {
-  using Key = Candidate<scalar_t>;
-  constexpr int shift = 8 * sizeof(Key) - 8 * sizeof(ScoreKey<scalar_t>);
-  return (Key(descending_key(score)) << shift) | Key(static_cast<uint32_t>(point));
-}
-
-template <typename scalar_t>
-int64_t point_of(Candidate<scalar_t> candidate) {
-  return static_cast<int64_t>(static_cast<uint32_t>(candidate));
-}
-
-// Class range [class_begin, class_end): the best k candidates of each class, sorted, in
-// `buffer[c * stride ...]`, their number in `count[c]`.
-template <typename scalar_t>
-void select_classes(const scalar_t* scores, int64_t num_points, int64_t num_classes, int64_t k,
-                    scalar_t threshold, int64_t capacity, int64_t class_begin,
-                    int64_t class_end, Candidate<scalar_t>* buffer, int64_t* count) {
-  const int64_t width = class_end - class_begin;
-  const int64_t stride = capacity + 1;  // a spare slot: the unconditional write stays in bounds
-  std::vector<scalar_t> cut(width, threshold);
-  // uint32_t (capacity <= N < 2^32), not int64_t: a type that cannot alias the uint64_t
-  // candidate stores, so the compiler need not reload the counts after every store.
-  std::vector<uint32_t> filled(width, 0);
-  Candidate<scalar_t>* base = buffer + class_begin * stride;
-
-  // Keep the best k of class c's buffer and raise its cut-off to the k-th best score.
-  auto prune = [&](int64_t c) {
-    Candidate<scalar_t>* b = base + c * stride;
-    select_smallest(b, filled[c], k);
-    filled[c] = k;
-    // The k-th best: the largest key kept.
-    cut[c] = scores[point_of<scalar_t>(*std::max_element(b, b + k)) * num_classes +
-                    class_begin + c];
-  };
-
-  for (int64_t n = 0; n < num_points; ++n) {
-    const scalar_t* row = scores + n * num_classes + class_begin;
-    for (int64_t c = 0; c < width; ++c) {
-      const scalar_t s = row[c];
-      // Branch-free: always write, advance only for a candidate (NaN never is one).
-      base[c * stride + filled[c]] = make_candidate(s, n);
-      filled[c] += static_cast<uint32_t>(s > cut[c]);
-      if (filled[c] == capacity) prune(c);
-    }
-  }
-  std::vector<Candidate<scalar_t>> scratch(capacity);
-  for (int64_t c = 0; c < width; ++c) {
-    Candidate<scalar_t>* b = base + c * stride;
-    if (filled[c] > k) select_smallest(b, filled[c], k);
-    filled[c] = static_cast<uint32_t>(std::min<int64_t>(filled[c], k));
-    radix_sort_keys(b, filled[c], scratch.data());
-    count[class_begin + c] = filled[c];
-  }
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> per_class_topk_cpu(const at::Tensor& scores_in,
                                                                   int64_t k,
@@ -114,21 +33,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> per_class_topk_cpu(const at::Tens
   at::Tensor out_scores, out_points, out_classes;
   AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "per_class_topk_cpu", [&] {
     const scalar_t* data = scores.const_data_ptr<scalar_t>();
-    // A buffer of ~4k makes each prune's O(buffer) cost pay for >= 3k new candidates.
-    const int64_t capacity = std::min(num_points, std::max<int64_t>(4 * k, 1024));
-    std::vector<int64_t> count(num_classes, 0);
-    std::vector<Candidate<scalar_t>> buffer;
-    if (k > 0) {
-      buffer.resize(num_classes * (capacity + 1));
-      // The threshold in the scores' dtype, as the reference's tensor comparison does.
-      const scalar_t threshold = static_cast<scalar_t>(score_thresh);
-      // Threads only for >= 64k scores a task: below, one thread is faster.
-      const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(num_points, 1));
-      at::parallel_for(0, num_classes, grain, [&](int64_t begin, int64_t end) {
-        select_classes(data, num_points, num_classes, k, threshold, capacity, begin, end,
-                       buffer.data(), count.data());
-      });
-    }
+    const ClassSelection<scalar_t> selection =
+        select_per_class(data, num_points, num_classes, k, score_thresh);
+    const std::vector<int64_t>& count = selection.count;
     std::vector<int64_t> offset(num_classes + 1, 0);
     for (int64_t c = 0; c < num_classes; ++c) offset[c + 1] = offset[c] + count[c];
     const int64_t total = offset[num_classes];
@@ -140,9 +47,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> per_class_topk_cpu(const at::Tens
     int64_t* cls = out_classes.mutable_data_ptr<int64_t>();
     at::parallel_for(0, num_classes, 16, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
-        const Candidate<scalar_t>* b = buffer.data() + c * (capacity + 1);
         for (int64_t i = 0; i < count[c]; ++i) {
-          const int64_t point = point_of<scalar_t>(b[i]);
+          const int64_t point = selection.point(c, i);
           // The input's own value (a -0.0 stays -0.0; the key made it +0.0).
           s[offset[c] + i] = data[point * num_classes + c];
           p[offset[c] + i] = point;

@@ -6,13 +6,18 @@ import torch
 
 
 def _iou_with(boxes: torch.Tensor, areas: torch.Tensor, i: int) -> torch.Tensor:
-    """IoU of box ``i`` with every box, in torchvision's CPU-kernel arithmetic."""
-    x1 = torch.maximum(boxes[i, 0], boxes[:, 0])
-    y1 = torch.maximum(boxes[i, 1], boxes[:, 1])
-    x2 = torch.minimum(boxes[i, 2], boxes[:, 2])
-    y2 = torch.minimum(boxes[i, 3], boxes[:, 3])
+    """IoU of box ``i`` with every box, in torchvision's CPU-kernel arithmetic.
+
+    ``boxes [..., N, 4]`` and ``areas [..., N]``: leading dimensions are independent
+    sets of boxes (``reference/batched_nms_padded.py`` sweeps ``[S, L, 4]`` segments).
+    """
+    box = boxes[..., i:i + 1, :]
+    x1 = torch.maximum(box[..., 0], boxes[..., 0])
+    y1 = torch.maximum(box[..., 1], boxes[..., 1])
+    x2 = torch.minimum(box[..., 2], boxes[..., 2])
+    y2 = torch.minimum(box[..., 3], boxes[..., 3])
     inter = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
-    return inter / (areas[i] + areas - inter)
+    return inter / (areas[..., i:i + 1] + areas - inter)
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
