@@ -68,18 +68,6 @@ def _sweep_order(scores: torch.Tensor, used: torch.Tensor, idxs: torch.Tensor | 
     return order.gather(1, torch.argsort(category, dim=1, stable=True))
 
 
-def _group_table(group_start: torch.Tensor, group_count: torch.Tensor) -> nms.Segments:
-    """``nms.Segments`` of the groups ``[start[g], start[g + 1])``."""
-    size = group_start[1:] - group_start[:-1]
-    words = torch.div(size + (_WORD - 1), _WORD, rounding_mode="floor")
-    mask_words = size * words
-    tiles = torch.div(words * (words + 1), 2, rounding_mode="floor")
-    return nms.Segments(start=group_start, mask_offset=torch.cumsum(mask_words, 0) - mask_words,
-                        word_offset=torch.cumsum(words, 0) - words,
-                        tile_end=torch.cumsum(tiles, 0), count=group_count,
-                        mask_words=mask_words)
-
-
 def batched_nms_padded_launch(boxes: torch.Tensor, scores: torch.Tensor, counts: torch.Tensor,
                               iou_threshold: float, idxs: torch.Tensor | None
                               ) -> torch.Tensor:
@@ -113,7 +101,7 @@ def batched_nms_padded_launch(boxes: torch.Tensor, scores: torch.Tensor, counts:
     # there is none) the groups are empty at the total. Non-first positions go to a spare.
     group_start = total.expand(positions + 2).clone().scatter_reduce(
         0, torch.where(first, group, positions + 1), position, "amin")[:positions + 1]
-    groups = _group_table(group_start, (group[-1:] + 1).clamp(min=1))
+    groups = nms.segments_from_start(group_start, (group[-1:] + 1).clamp(min=1))
 
     sorted_boxes = boxes.reshape(positions, 4).index_select(0, slot)
     words = triton.cdiv(length, _WORD)

@@ -258,6 +258,13 @@ def _category_segments(sorted_categories: torch.Tensor) -> Segments:
     start = torch.full((num_boxes + 1,), num_boxes, dtype=torch.int64,
                        device=sorted_categories.device)
     start = start.scatter_reduce(0, segment_of, positions, "amin")
+    return segments_from_start(start, segment_of[-1:] + 1)
+
+
+def segments_from_start(start: torch.Tensor, count: torch.Tensor) -> Segments:
+    """The ``Segments`` whose segment ``c`` is sweep positions ``[start[c], start[c + 1])``,
+    ``count`` (``[1]``, at least 1) of them; the slots past the last one repeat its end
+    (empty segments). Everything is computed on the device."""
     length = start[1:] - start[:-1]
     words = torch.div(length + (_WORD - 1), _WORD, rounding_mode="floor")
     mask_words = length * words
@@ -265,7 +272,7 @@ def _category_segments(sorted_categories: torch.Tensor) -> Segments:
                     word_offset=torch.cumsum(words, 0) - words,
                     tile_end=torch.cumsum(torch.div(words * (words + 1), 2,
                                                     rounding_mode="floor"), 0),
-                    count=segment_of[-1:] + 1, mask_words=mask_words)
+                    count=count, mask_words=mask_words)
 
 
 class SweepPlan(NamedTuple):
