@@ -90,7 +90,7 @@ def train_and_evaluate(name: str, model: nn.Module, config: Config, train_set, v
     precision = resolve_precision(solver.amp, device)
     model = model.to(device)
     if use_channels_last(solver.channels_last, device):
-        model.to(memory_format=torch.channels_last)
+        model.backbone.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(optimizer, build_schedule(config))
     data = train_loader(train_set, build_train_transform(config),

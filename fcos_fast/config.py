@@ -168,8 +168,9 @@ class SolverConfig:
     #: ``fp16``, ``fp32`` to force one (see ``fcos_fast.engine.precision``). The booleans
     #: of older configs still load: ``true`` is ``auto``, ``false`` is ``fp32``.
     amp: str | bool = "auto"
-    #: Train in channels-last memory format; None: on for CPU training (measured faster
-    #: with oneDNN, see ``fcos_fast.engine.precision.use_channels_last``), off elsewhere.
+    #: Train the backbone in channels-last memory format; None: on for CPU training
+    #: (measured faster with oneDNN, see ``fcos_fast.engine.precision.use_channels_last``),
+    #: off elsewhere.
     channels_last: bool | None = None
     max_minutes: float | None = None
 

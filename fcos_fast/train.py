@@ -141,7 +141,7 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
 
     model = build_model(config, train_set.num_classes).to(device)
     if use_channels_last(solver.channels_last, device):
-        model.to(memory_format=torch.channels_last)
+        model.backbone.to(memory_format=torch.channels_last)
     if world_size > 1 and config.model.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(config, model)

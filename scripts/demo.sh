@@ -10,10 +10,6 @@
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 OUT=${1:-runs/demo}
-# Idle OpenMP threads sleep instead of spinning: on a few cores shared with other work,
-# spinning threads stall each other at every barrier (a training step measured 4-5x
-# slower on 2 shared cores); on idle cores it costs little.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 start=$(date +%s.%N)
 "$PYTHON" -m fcos_fast.train --out "$OUT"

@@ -105,11 +105,14 @@ def resolve_precision(setting: str, device: torch.device | str) -> Precision:
 
 
 def use_channels_last(setting: bool | None, device: torch.device | str) -> bool:
-    """Whether to train in channels-last memory format (``solver.channels_last``).
+    """Whether to train the backbone (ResNet + FPN) in channels-last memory format
+    (``solver.channels_last``).
 
     ``None`` (automatic) turns it on for CPU training, where oneDNN's channels-last
-    convolutions measured faster in float32 and bfloat16 (see the README), and leaves it
-    off elsewhere until measured there.
+    convolutions measured faster in float32 and bfloat16, and leaves it off elsewhere until
+    measured there. The head stays in the default format: its bfloat16 GroupNorm has no
+    fast channels-last kernel on the CPU (8x slower than contiguous, measured), so the
+    head makes its inputs contiguous (``FCOSHead.forward``).
     """
     if setting is not None:
         return setting

@@ -89,6 +89,9 @@ class FCOSHead(nn.Module):
         """
         cls_logits, box_regression, centerness = [], [], []
         for level in features:
+            # A channels-last backbone (CPU training) hands over channels-last features;
+            # the head's GroupNorm is fastest contiguous (see engine.precision).
+            level = level.contiguous()
             cls_features = self.cls_tower(level)
             reg_features = self.reg_tower(level)
             cls_logits.append(_flatten_level(self.cls_logits(cls_features)))
