@@ -41,7 +41,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from fcos_fast.kernels import fcos_assign, giou_loss, nms, per_class_topk
+from fcos_fast.kernels import (batched_nms_padded, fcos_assign, giou_loss, nms, per_class_topk,
+                               per_class_topk_padded)
 
 ARCHS = (80, 90)
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -58,6 +59,10 @@ TOPK_MAX_K = 5000
 # of a boundary cover both kinds).
 ASSIGN_POINTS, ASSIGN_IMAGES = 17_821, 8
 TOPK_CLASSES = 80
+# The fixed-size ops: post-processing's 16 images x 80 classes as segments, segment lengths
+# (slots) past the NMS sweep's last warp change.
+PADDED_SEGMENTS = 16 * 80
+PADDED_MAX_SLOTS = 40_000
 
 
 # ---------------------------------------------------------------- cases
@@ -197,9 +202,44 @@ def _topk_cases(sizes: Iterable[tuple[int, int]] | None = None) -> list[Case]:
     return cases
 
 
+def _padded_nms_cases(sizes: Iterable[int] | None = None) -> list[Case]:
+    """batched_nms_padded launches nms's kernels; its choice depends on the slots L."""
+    def key(length):
+        return config_key(batched_nms_padded.mask_launch_config(PADDED_SEGMENTS, length),
+                          batched_nms_padded.sweep_launch_config(PADDED_SEGMENTS, length))
+    cases = []
+    for categories in (False, True):
+        for dtype in FLOAT_DTYPES:
+            for length in sizes or boundaries(key, 1, PADDED_MAX_SLOTS):
+                def run(length=length, dtype=dtype, categories=categories):
+                    s = PADDED_SEGMENTS
+                    idxs = _fake(s, length, dtype=torch.int64) if categories else None
+                    batched_nms_padded.batched_nms_padded_launch(
+                        _fake(s, length, 4, dtype=dtype), _fake(s, length, dtype=dtype),
+                        _fake(s, dtype=torch.int64), 0.5, idxs)
+                cases.append(Case("batched_nms_padded", dtype,
+                                  (("S", PADDED_SEGMENTS), ("L", length)),
+                                  "idxs" if categories else "", run))
+    return cases
+
+
+def _padded_topk_cases() -> list[Case]:
+    """per_class_topk_padded launches per_class_topk's kernels with its configurations
+    (covered by _topk_cases); post-processing's sizes prove its launcher."""
+    cases = []
+    for dtype in FLOAT_DTYPES:
+        for n, k in ((TOPK_POINTS, 1000), (300, 1)):
+            def run(n=n, k=k, dtype=dtype):
+                per_class_topk_padded.per_class_topk_padded_launch(
+                    _fake(n, PADDED_SEGMENTS, dtype=dtype), k, 0.05)
+            cases.append(Case("per_class_topk_padded", dtype, (("N", n), ("k", k)), "", run))
+    return cases
+
+
 def cases() -> list[Case]:
     """One case per side of every boundary of every launcher's choice, per dtype."""
-    return _nms_cases() + _giou_cases() + _assign_cases() + _topk_cases()
+    return (_nms_cases() + _giou_cases() + _assign_cases() + _topk_cases()
+            + _padded_nms_cases() + _padded_topk_cases())
 
 
 def held_out_cases(count: int, seed: int = 0) -> list[Case]:

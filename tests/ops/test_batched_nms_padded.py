@@ -171,24 +171,31 @@ def test_named_cases(backend, device, name, threshold):
             assert got[0].tolist() == [True, threshold == 0.5 or idxs is not None, False, False]
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_planted_threshold_pairs_in_many_segments(backend, device, dtype):
-    """A pair at IoU exactly 0.5 in every segment, in either slot order, with a
-    higher-scoring far-away box: both kept at 0.5, the lower one dropped at 0.49, and
-    never anything across segments (they all sit at the same place)."""
-    num_segments = 8 if interpreted(backend, device) else 300
+def planted_pairs(num_segments: int, dtype=torch.float32):
+    """In every segment a pair at IoU exactly 0.5 (512 / 1024), in either slot order, and a
+    higher-scoring far-away box; all segments at the same place. Returns ``boxes, scores,
+    counts`` and the keep mask at threshold 0.49 (at 0.5 all are kept)."""
     square, half, far = [16.0, 16.0, 48.0, 48.0], [16.0, 16.0, 48.0, 32.0], [90, 90, 99, 99.0]
     flip = torch.arange(num_segments) % 2 == 1
     pair = torch.tensor([far, square, half], dtype=dtype).expand(num_segments, -1, -1)
     boxes = torch.where(flip[:, None, None], pair[:, [0, 2, 1]], pair)
     scores = torch.tensor([0.9, 0.8, 0.7], dtype=dtype).expand(num_segments, -1)
     scores = torch.where(flip[:, None], scores[:, [0, 2, 1]], scores)
-    counts = torch.full((num_segments,), 3)
+    kept_at_049 = torch.where(flip[:, None], torch.tensor([True, False, True]),
+                              torch.tensor([True, True, False]))
+    return boxes, scores, torch.full((num_segments,), 3), kept_at_049
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_planted_threshold_pairs_in_many_segments(backend, device, dtype):
+    """Both of a pair at IoU exactly 0.5 kept at 0.5, the lower one dropped at 0.49, and
+    never anything across segments (they all sit at the same place)."""
+    boxes, scores, counts, kept_at_049 = planted_pairs(
+        8 if interpreted(backend, device) else 300, dtype)
+    assert torchvision.ops.box_iou(boxes[0, 1:2].double(), boxes[0, 2:].double()).item() == 0.5
     assert _run(backend, device, boxes, scores, counts, 0.5).all()
-    got = _run(backend, device, boxes, scores, counts, 0.49)
-    assert torch.equal(got, torch.where(flip[:, None], torch.tensor([True, False, True]),
-                                        torch.tensor([True, True, False])))
+    assert torch.equal(_run(backend, device, boxes, scores, counts, 0.49), kept_at_049)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

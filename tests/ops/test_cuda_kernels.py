@@ -285,6 +285,25 @@ def test_nms_segment_layout_is_the_per_segment_formula(device):
     assert table[3, -1].item() == _mask_words(counts) < n * -(-n // 64) / 100
 
 
+def _allocations(fn):
+    """``(result, peak extra bytes, sizes of every allocation)`` of a call of ``fn`` after
+    a warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.memory._record_memory_history(max_entries=100_000, stacks="python")
+    try:
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        result = fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        snapshot = torch.cuda.memory._snapshot()
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    trace = snapshot["device_traces"][torch.cuda.current_device()]
+    return result, peak, [event["size"] for event in trace if event["action"] == "alloc"]
+
+
 @cuda
 def test_batched_nms_mask_is_allocated_per_segment():
     """Many small categories: the mask allocated is sum L * ceil(L / 64) words, nothing
@@ -299,20 +318,7 @@ def test_batched_nms_mask_is_allocated_per_segment():
     full_mask_bytes = 8 * n * -(-n // 64)
     assert mask_bytes + 512 * n < full_mask_bytes / 10  # the bounds below can tell them apart
     b, s, i = boxes.cuda(), scores.cuda(), idxs.cuda()
-    C.batched_nms(b, s, i, 0.5)  # warm-up
-    torch.cuda.synchronize()
-    torch.cuda.memory._record_memory_history(max_entries=100_000, stacks="python")
-    try:
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        keep = C.batched_nms(b, s, i, 0.5)
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - before
-        snapshot = torch.cuda.memory._snapshot()
-    finally:
-        torch.cuda.memory._record_memory_history(enabled=None)
-    trace = snapshot["device_traces"][torch.cuda.current_device()]
-    sizes = [event["size"] for event in trace if event["action"] == "alloc"]
+    keep, peak, sizes = _allocations(lambda: C.batched_nms(b, s, i, 0.5))
     assert any(mask_bytes <= size < mask_bytes + 512 for size in sizes), (mask_bytes, sizes)
     assert max(sizes) < max(mask_bytes + 512, 128 * n)
     assert peak <= mask_bytes + 512 * n
@@ -410,20 +416,261 @@ def test_long_segment_sweeps_correctly(long_length):
 
 # ---------------------------------------------------------------- per_class_topk
 
-@cuda
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("levels", [None, 16])
-def test_per_class_topk_full_size_equals_reference(dtype, levels):
-    g = _gen(7)
-    scores = torch.sigmoid(torch.randn(17064, 80, generator=g, dtype=torch.float64) * 2 - 3)
+# (k, score_thresh): FCOS's, a small k, every point (k > N), none.
+TOPK_CASES = ((1000, 0.05), (100, 0.3), (20000, -1.0), (0, 0.05))
+
+
+def _full_size_topk_scores(dtype, levels, seed):
+    """One 800 x 1024 image's scores for 80 classes, with NaN and -0.0, and with only
+    ``levels`` distinct values (many ties) unless None."""
+    scores = torch.sigmoid(torch.randn(17064, 80, generator=_gen(seed), dtype=torch.float64)
+                           * 2 - 3)
     if levels:
         scores = (scores * levels).floor() / levels
     scores = scores.to(dtype)
     scores[::97, 3] = float("nan")
     scores[::89, 5] = -0.0
-    for k, threshold in ((1000, 0.05), (100, 0.3), (20000, -1.0), (0, 0.05)):
+    return scores
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("levels", [None, 16])
+def test_per_class_topk_full_size_equals_reference(dtype, levels):
+    scores = _full_size_topk_scores(dtype, levels, seed=7)
+    for k, threshold in TOPK_CASES:
         expected = ref_topk.per_class_topk(scores, k, threshold)
         got = C.per_class_topk(scores.cuda(), k, threshold)
         for e, o in zip(expected, got):
             assert o.dtype == e.dtype and torch.equal(o.cpu(), e)
         assert torch.equal(torch.signbit(got[0].cpu()), torch.signbit(expected[0]))
+
+
+# ---------------------------------------------------------------- fixed-size ops
+
+def _padded_candidates(per_class, *, dtype=torch.float32, tied=False, seed=0, categories=None):
+    """post-processing's candidates as batched_nms_padded takes them: one segment per
+    (image, class), ``per_class`` slots, ``counts`` used (a few full, a few empty), the
+    slots unsorted, the unused ones holding real boxes with the best scores."""
+    g = _gen(seed)
+    segments = 16 * 80
+    boxes = torch.stack([clustered_boxes(per_class, clusters=max(per_class // 40, 1), scale=800.0,
+                                         dtype=torch.float64, generator=g)
+                         for _ in range(segments)])  # each segment on a few objects
+    boxes[::3] = boxes[::3].round()
+    scores = torch.rand(segments, per_class, generator=g, dtype=torch.float64)
+    if tied:
+        scores = (scores * 10).floor() / 10
+    counts = torch.randint(0, per_class + 1, (segments,), generator=g)
+    counts[::7], counts[3::5] = per_class, 0
+    scores = torch.where(torch.arange(per_class) < counts[:, None], scores, 2.0)
+    idxs = None if categories is None else torch.randint(0, categories, (segments, per_class),
+                                                         generator=g)
+    return boxes.to(dtype), scores.to(dtype), counts, idxs
+
+
+def _cuda(*tensors):
+    return [None if t is None else t.cuda() for t in tensors]
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("levels", [None, 16])
+def test_per_class_topk_padded_full_size_equals_reference(dtype, levels):
+    from fcos_fast.ops.reference import per_class_topk_padded as ref_padded
+
+    scores = _full_size_topk_scores(dtype, levels, seed=8)
+    scores_cuda = scores.cuda()
+    for k, threshold in TOPK_CASES:
+        expected = ref_padded.per_class_topk_padded(scores, k, threshold)
+        with no_host_sync():
+            got = C.per_class_topk_padded(scores_cuda, k, threshold)
+        for e, o in zip(expected, got, strict=True):
+            assert o.dtype == e.dtype and o.shape == e.shape and torch.equal(o.cpu(), e)
+        assert torch.equal(torch.signbit(got[0].cpu()), torch.signbit(expected[0]))
+    for empty in (torch.zeros(0, 80, dtype=dtype), torch.zeros(50, 0, dtype=dtype)):
+        got = C.per_class_topk_padded(empty.cuda(), 10, 0.1)
+        assert [tuple(t.shape) for t in got] == [
+            (empty.shape[1], min(10, empty.shape[0]))] * 2 + [(empty.shape[1],)]
+        assert not got[2].any()
+
+
+@cuda
+@pytest.mark.parametrize("per_class", [100, 1000])
+@pytest.mark.parametrize("categories", [None, 3])
+def test_batched_nms_padded_at_postprocess_shapes_equals_the_cpu_kernel(per_class, categories):
+    """16 images x 80 classes, a segment each, k slots, without a host sync. The CPU kernel
+    equals the reference and torchvision (tests/ops/test_batched_nms_padded.py)."""
+    boxes, scores, counts, idxs = _padded_candidates(per_class, seed=per_class,
+                                                     categories=categories)
+    args = _cuda(boxes, scores, counts)
+    idxs_cuda = None if idxs is None else idxs.cuda()
+    for threshold in (0.5, 0.7):
+        expected = C.batched_nms_padded(boxes, scores, counts, threshold, idxs)
+        with no_host_sync():
+            got = C.batched_nms_padded(*args, threshold, idxs_cuda)
+        assert got.dtype == torch.bool and torch.equal(got.cpu(), expected)
+    if per_class == 100 and categories is None:  # torchvision's own kernel, a few segments
+        got = C.batched_nms_padded(*args, 0.5).cpu()
+        for s in (0, 1, 2, 7):
+            n = int(counts[s])
+            kept = torchvision.ops.nms(boxes[s, :n], scores[s, :n], 0.5)
+            assert sorted(kept.tolist()) == torch.nonzero(got[s]).flatten().tolist()
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batched_nms_padded_tied_scores_and_half_precision(dtype):
+    boxes, scores, counts, idxs = _padded_candidates(300, dtype=dtype, tied=True, seed=5,
+                                                     categories=4)
+    for i in (None, idxs):
+        expected = C.batched_nms_padded(boxes, scores, counts, 0.5, i)
+        got = C.batched_nms_padded(*_cuda(boxes, scores, counts), 0.5,
+                                   None if i is None else i.cuda())
+        assert torch.equal(got.cpu(), expected)
+    half = ops.batched_nms_padded(*_cuda(boxes.half(), scores.half(), counts), 0.5,
+                                  backend="native")
+    assert torch.equal(half.cpu(), C.batched_nms_padded(boxes.half().float(),
+                                                        scores.half().float(), counts, 0.5))
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batched_nms_padded_planted_threshold_pairs(dtype):
+    """In each of 2000 segments a pair at IoU exactly 0.5 (in either slot order) and a far
+    box: all kept at 0.5, the lower of the pair dropped at 0.49; segments all at the same
+    place never suppress each other."""
+    from tests.ops.test_batched_nms_padded import planted_pairs
+
+    boxes, scores, counts, kept_at_049 = planted_pairs(2000, dtype)
+    args = _cuda(boxes, scores, counts)
+    assert C.batched_nms_padded(*args, 0.5).all()
+    assert torch.equal(C.batched_nms_padded(*args, 0.49).cpu(), kept_at_049)
+
+
+@cuda
+@pytest.mark.parametrize("length", [64, 65, 4096, 4097, 20000])
+def test_batched_nms_padded_long_segments(length):
+    """Up to 4096 slots (64 words) the sweep's removed set is in shared memory, beyond in
+    global scratch; tiles past a segment's count are skipped."""
+    g = _gen(length)
+    segments = 3
+    boxes = clustered_boxes(segments * length, clusters=segments * length // 40 + 1,
+                            scale=800.0, generator=g).view(segments, length, 4)
+    scores = torch.rand(segments, length, generator=g)
+    counts = torch.tensor([length, length // 2 + 1, 1])
+    idxs = torch.randint(0, 5, (segments, length), generator=g)
+    for i in (None, idxs):
+        expected = C.batched_nms_padded(boxes, scores, counts, 0.5, i)
+        got = C.batched_nms_padded(*_cuda(boxes, scores, counts), 0.5,
+                                   None if i is None else i.cuda())
+        assert torch.equal(got.cpu(), expected)
+
+
+@cuda
+def test_batched_nms_padded_empty_and_zero_counts():
+    for shape in ((0, 10), (5, 0), (0, 0)):
+        boxes = torch.zeros(*shape, 4, device="cuda")
+        keep = C.batched_nms_padded(boxes, torch.zeros(shape, device="cuda"),
+                                    torch.zeros(shape[0], dtype=torch.int64, device="cuda"), 0.5)
+        assert keep.shape == shape and keep.dtype == torch.bool
+    boxes, scores, _, _ = _padded_candidates(50, seed=2)
+    keep = C.batched_nms_padded(*_cuda(boxes, scores, torch.zeros(1280, dtype=torch.int64)), 0.5)
+    assert not keep.any()
+
+
+@cuda
+def test_batched_nms_padded_non_finite_inputs_without_validation(monkeypatch):
+    """NaN and inf boxes and scores, counts out of range: no crash, no hang, no write out of
+    bounds (only used slots kept), and the CPU kernel's result."""
+    monkeypatch.setenv("FCOS_FAST_VALIDATE", "0")
+    boxes, scores, counts, idxs = _padded_candidates(200, seed=8, categories=3)
+    boxes[:, ::7, 0] = float("nan")
+    boxes[:, ::11, 2] = float("inf")
+    boxes[::13] = float("nan")
+    boxes[:, ::17, 1] = float("-inf")
+    scores[:, ::5] = float("nan")
+    counts[::9] = -3
+    counts[1::9] = 10**12
+    idxs = idxs * 2**40 - 2**62
+    for backend in ("native", "triton"):
+        got = ops.batched_nms_padded(*_cuda(boxes, scores, counts), 0.5, idxs.cuda(),
+                                     backend=backend)
+        torch.cuda.synchronize()
+        assert torch.equal(got.cpu(), C.batched_nms_padded(boxes, scores, counts, 0.5, idxs))
+    assert not got[::9].any()
+
+
+@cuda
+def test_batched_nms_padded_memory_is_per_segment():
+    """The mask is S * L * ceil(L / 64) words, allocated once; the rest is O(S * L)."""
+    boxes, scores, counts, _ = _padded_candidates(1000, seed=3)
+    segments, length = scores.shape
+    mask_bytes = 8 * segments * length * -(-length // 64)
+    assert mask_bytes < 8 * (segments * length) ** 2 / 10**4
+    args = _cuda(boxes, scores, counts)
+    keep, peak, sizes = _allocations(lambda: C.batched_nms_padded(*args, 0.5))
+    assert torch.equal(keep.cpu(), C.batched_nms_padded(boxes, scores, counts, 0.5))
+    assert any(mask_bytes <= size < mask_bytes + 512 for size in sizes), (mask_bytes, sizes)
+    assert peak <= mask_bytes + 64 * segments * length + (1 << 20)
+
+
+@cuda
+@pytest.mark.parametrize("backend", ["native", "triton"])
+def test_fixed_size_postprocess_captures_in_a_cuda_graph(backend, monkeypatch):
+    """per_class_topk_padded -> boxes -> batched_nms_padded, captured once and replayed on
+    new scores: a host sync would fail the capture; replays equal eager calls."""
+    monkeypatch.setenv("FCOS_FAST_VALIDATE", "0")
+    g = _gen(11)
+    points, classes, k = 17064, 80, 1000
+    point_boxes = clustered_boxes(points, clusters=400, scale=800.0, generator=g).cuda()
+
+    def postprocess(scores):
+        top, index, counts = ops.per_class_topk_padded(scores, k, 0.05, backend=backend)
+        boxes = point_boxes[index.clamp(min=0)]
+        return top, index, ops.batched_nms_padded(boxes, top, counts, 0.6, backend=backend)
+
+    def new_scores(seed):
+        return torch.sigmoid(torch.randn(points, classes, generator=_gen(seed)) * 2 - 3).cuda()
+
+    static_scores = new_scores(0)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):  # warm-up: Triton compiles, CUB sizes its storage
+            postprocess(static_scores)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = postprocess(static_scores)
+    for seed in (1, 2):
+        scores = new_scores(seed)
+        static_scores.copy_(scores)
+        graph.replay()
+        torch.cuda.synchronize()
+        for got, expected in zip(static_out, postprocess(scores), strict=True):
+            assert torch.equal(got, expected)
+        assert torch.equal(static_out[2].cpu(),
+                           C.batched_nms_padded(point_boxes.cpu()[static_out[1].cpu().clamp(min=0)],
+                                                static_out[0].cpu(),
+                                                (static_out[1].cpu() >= 0).sum(1), 0.6))
+
+
+@cuda
+def test_triton_fixed_size_ops_equal_native_without_host_sync(monkeypatch):
+    monkeypatch.setenv("FCOS_FAST_VALIDATE", "0")
+    boxes, scores, counts, idxs = (t.cuda() for t in _padded_candidates(300, seed=4,
+                                                                        categories=3))
+    topk_scores = torch.sigmoid(torch.randn(17064, 80, generator=_gen(4)) * 2 - 3).cuda()
+
+    def run(backend):
+        return (*ops.per_class_topk_padded(topk_scores, 1000, 0.05, backend=backend),
+                ops.batched_nms_padded(boxes, scores, counts, 0.5, backend=backend),
+                ops.batched_nms_padded(boxes, scores, counts, 0.5, idxs, backend=backend))
+
+    run("triton")  # compile the kernels first
+    with no_host_sync():
+        got = run("triton")
+        expected = run("native")
+    for g, e in zip(got, expected, strict=True):
+        assert torch.equal(g, e)

@@ -148,6 +148,11 @@ def test_cases_cover_the_size_ranges():
     block_g = {fcos_assign.launch_config(1000, 1, dict(c.sizes)["G"], c.dtype).constexprs["BLOCK_G"]
                for c in CASES if c.op == "fcos_assign"}
     assert block_g == {1, 2, 4, 8, 16, 32}
+    # The fixed-size NMS at the sweep's warp changes (8192, 16384, 32768 slots), and top-k.
+    for length in (1, 8192, 8193, 16384, 16385, 32768, 32769):
+        assert f"batched_nms_padded-idxs-float64-S=1280,L={length}" in names
+        assert f"batched_nms_padded-float32-S=1280,L={length}" in names
+    assert "per_class_topk_padded-float32-N=20000,k=1000" in names
 
 
 def test_recording_refuses_a_launcher_that_syncs():

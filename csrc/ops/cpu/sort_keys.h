@@ -1,5 +1,5 @@
-// Sorting helpers of the CPU kernels: integer keys that order floating-point scores the
-// way torch.sort(descending=True, stable=True) does, and a stable LSD radix sort on them.
+// Sorting helpers of the CPU kernels: a stable LSD radix sort on the integer score keys of
+// ops/score_key.h (the order of torch.sort(descending=True, stable=True)).
 #pragma once
 
 #include <algorithm>
@@ -9,25 +9,10 @@
 #include <type_traits>
 #include <vector>
 
+#include "ops/score_key.h"
+
 namespace fcos_fast {
 namespace ops {
-
-// The unsigned integer type of a score's key: as wide as the score.
-template <typename scalar_t>
-using ScoreKey = std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>;
-
-// A key whose ascending order is the descending order of torch.sort: NaN first (every NaN
-// alike), then +inf down to -inf, with -0.0 equal to +0.0. Only NaN has the key 0.
-template <typename scalar_t>
-inline ScoreKey<scalar_t> descending_key(scalar_t value) {
-  using Key = ScoreKey<scalar_t>;
-  constexpr Key sign = Key(1) << (8 * sizeof(Key) - 1);
-  const scalar_t unsigned_zero = value == scalar_t(0) ? scalar_t(0) : value;
-  Key bits;
-  std::memcpy(&bits, &unsigned_zero, sizeof(bits));
-  const Key ascending = (bits & sign) ? ~bits : (bits | sign);
-  return value != value ? Key(0) : Key(~ascending);
-}
 
 // A digit histogram turned in place into each digit's first output position.
 inline void counts_to_offsets(std::array<size_t, 256>& count) {

@@ -50,20 +50,13 @@
 
 #include "ops/box_math.h"
 #include "ops/checks.h"
+#include "ops/cuda/nms_sweep.cuh"
 #include "ops/nms_layout.h"
 
 namespace fcos_fast {
 namespace ops {
 
 namespace {
-
-constexpr unsigned kFullWarp = 0xffffffffu;
-// Removed sets of up to 64 words (segments of up to 4096 boxes: post-processing's
-// categories hold at most its k = 1000) sit in shared memory, where the serial chain of
-// the sweep reads one each word. A longer segment's sweep is dominated by reading the
-// kept boxes' mask rows (up to 64 loads per removed word), so its removed set costs
-// little in global memory.
-constexpr int64_t kMaxSharedRemovedWords = 64;
 
 // The layout table [kNmsLayoutRows, stride] on the device; `count` segments.
 struct SegmentTable {
@@ -147,61 +140,25 @@ __global__ void nms_mask_kernel(const scalar_t* __restrict__ boxes, SegmentTable
   mask[segment.mask_begin + i * words + col_block] = bits;
 }
 
-// One warp per segment (block s sweeps segment s). `removed` holds the segment's words of
-// suppressed boxes: in dynamic shared memory (`shared_words` of them) when they fit, else
-// at the segment's offset in `global_removed`. Lane l owns the words w = l (mod 32): it
-// alone reads and writes them, and hands word w to the other lanes by a shuffle, so the
-// lanes share no memory and need no barrier.
+// One warp per segment (block s sweeps segment s), by nms_sweep_segment (ops/cuda/nms_sweep.cuh).
+// `removed` holds the segment's words of suppressed boxes: in dynamic shared memory
+// (`shared_words` of them) when they fit, else at the segment's offset in `global_removed`.
 __global__ void nms_sweep_kernel(const uint64_t* __restrict__ mask, SegmentTable segments,
                                  int64_t shared_words, uint64_t* __restrict__ global_removed,
                                  const int64_t* __restrict__ rank_of,
                                  bool* __restrict__ kept_by_rank) {
   extern __shared__ uint64_t shared_removed[];
-  const int lane = threadIdx.x;
   const int64_t s = blockIdx.x;
   const Segment segment = segment_at(segments, s);
   const int64_t words = segment.row_words;
   uint64_t* removed = words <= shared_words
                           ? shared_removed
                           : global_removed + (segments.at(kNmsRowWordsEnd, s) - words);
-  // Word w of the segment's row r is rows[r * words + w].
-  const uint64_t* rows = mask + segment.mask_begin;
-
-  for (int64_t w = lane; w < words; w += 32) removed[w] = 0;
-  for (int64_t word = 0; word < words; ++word) {
-    const int64_t base = word * kNmsWordBits;
-    const int count = static_cast<int>(std::min(segment.length - base, int64_t(kNmsWordBits)));
-    // The boxes' own words: lane l holds those of boxes base + l and base + l + 32.
-    const uint64_t own_low = lane < count ? rows[(base + lane) * words + word] : 0;
-    const uint64_t own_high = lane + 32 < count ? rows[(base + lane + 32) * words + word] : 0;
-    const int owner = static_cast<int>(word & 31);
-    uint64_t suppressed = __shfl_sync(kFullWarp, lane == owner ? removed[word] : 0, owner);
-    uint64_t kept = 0;
-    for (int bit = 0; bit < count; ++bit) {
-      const uint64_t own = __shfl_sync(kFullWarp, bit < 32 ? own_low : own_high, bit & 31);
-      if (((suppressed >> bit) & 1) == 0) {  // the same in every lane
-        kept |= uint64_t(1) << bit;
-        suppressed |= own;
-      }
-    }
-    for (int bit = lane; bit < count; bit += 32) {
-      if ((kept >> bit) & 1) {
-        const int64_t q = segment.start + base + bit;
-        kept_by_rank[rank_of != nullptr ? rank_of[q] : q] = true;
-      }
-    }
-    // The kept boxes' rows, ORed into the later words, each by its owner.
-    if (kept != 0) {
-      for (int64_t w = word + 1 + ((lane - word - 1) & 31); w < words; w += 32) {
-        uint64_t hits = 0;
-        for (uint64_t rest = kept; rest != 0; rest &= rest - 1) {
-          const int64_t r = base + __ffsll(static_cast<long long>(rest)) - 1;
-          hits |= rows[r * words + w];
-        }
-        removed[w] |= hits;
-      }
-    }
-  }
+  nms_sweep_segment(mask + segment.mask_begin, segment.length, words, removed,
+                    [&](int64_t position) {
+                      const int64_t q = segment.start + position;
+                      kept_by_rank[rank_of != nullptr ? rank_of[q] : q] = true;
+                    });
 }
 
 // fcos_fast::_nms_segment_layout, through the dispatcher (its kernel is device-generic
