@@ -29,6 +29,9 @@ from torch.library import wrap_triton
 
 from fcos_fast.kernels import nms
 from fcos_fast.kernels._common import LaunchConfig, device_guard, register, scalar_tensor
+# By name: triton_op finds the kernels of an op in `wrap_triton(<name>)` calls (for
+# AOTAutograd's cache key), not in `wrap_triton(module.kernel)`.
+from fcos_fast.kernels.nms import _nms_mask_kernel, _nms_sweep_kernel
 from fcos_fast.ops.batched_nms_padded import batched_nms_padded_fake
 
 __all__ = ["batched_nms_padded"]
@@ -109,14 +112,14 @@ def batched_nms_padded_launch(boxes: torch.Tensor, scores: torch.Tensor, counts:
         # Uninitialised: the sweep reads only the words the mask kernel writes.
         mask = torch.empty((positions * words,), dtype=torch.int64, device=device)
         config = mask_launch_config(num_segments, length)
-        wrap_triton(nms._nms_mask_kernel)[config.grid](
+        wrap_triton(_nms_mask_kernel)[config.grid](
             sorted_boxes, scalar_tensor(iou_threshold, boxes), groups.start, groups.tile_end,
             groups.mask_offset, groups.count, mask, **config.kwargs)
         # Every group has a box, so their words sum to at most S * L.
         removed = torch.zeros((positions,), dtype=torch.int64, device=device)
         kept = torch.zeros((positions,), dtype=torch.bool, device=device)
         config = sweep_launch_config(num_segments, length)
-        wrap_triton(nms._nms_sweep_kernel)[config.grid](
+        wrap_triton(_nms_sweep_kernel)[config.grid](
             mask, groups.start, groups.mask_offset, groups.word_offset, groups.count, removed,
             kept, **config.kwargs)
 

@@ -387,12 +387,3 @@ def test_exports_and_compiles_with_inductor():
     torch._dynamo.reset()
     compiled = torch.compile(Suppress(), fullgraph=True)
     assert torch.equal(compiled(boxes, scores, counts, idxs), expected)
-
-
-# ---------------------------------------------------------------- GPU only
-
-@pytest.mark.cuda
-def test_triton_op_exposes_its_kernels():
-    import torch._library.triton as library_triton
-
-    assert library_triton.get_triton_kernels_for_op("fcos_fast::batched_nms_padded_triton")

@@ -176,12 +176,3 @@ def test_exports_with_a_symbolic_number_of_points():
     for n in (10, 100, 500):
         scores = _scores(n, n, 4)
         _assert_equal(program.module()(scores), padded(scores, 30, 0.2))
-
-
-# ---------------------------------------------------------------- GPU only
-
-@pytest.mark.cuda
-def test_triton_op_exposes_its_kernels():
-    import torch._library.triton as library_triton
-
-    assert library_triton.get_triton_kernels_for_op("fcos_fast::per_class_topk_padded_triton")

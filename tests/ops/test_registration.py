@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -96,3 +101,24 @@ def test_giou_loss_compiles_with_inductor():
     expected = ops.giou_loss(pred.detach(), target, reduction="mean", backend="reference")
     torch.testing.assert_close(loss.detach(), expected)
     assert pred.grad is not None and torch.isfinite(pred.grad).all()
+
+
+def test_every_triton_op_lists_its_kernels():
+    """triton_op finds an op's kernels in ``wrap_triton(<name>)`` calls of its launcher and
+    the functions it calls (a ``wrap_triton(module.kernel)`` goes unseen): AOTAutograd's
+    cache key hashes them, so an edited kernel is never served stale. The kernels must be
+    compiled, not interpreted, to be seen: a subprocess with TRITON_INTERPRET=0 (no GPU
+    needed)."""
+    pytest.importorskip("triton")
+    code = ("import json, torch, fcos_fast.ops, torch._library.triton as t\n"
+            "from fcos_fast.ops._dispatch import OP_NAMES\n"
+            "ops = list(OP_NAMES) + ['giou_loss_backward']\n"
+            "print(json.dumps({op: sorted(k.fn.__name__ for k in "
+            "t.get_triton_kernels_for_op(f'fcos_fast::{op}_triton')) for op in ops}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    kernels = json.loads(done.stdout)
+    assert all(kernels.values()), kernels
+    assert kernels["batched_nms_padded"] == ["_nms_mask_kernel", "_nms_sweep_kernel"]
+    assert kernels["per_class_topk_padded"] == ["_merge_segments_kernel", "_segment_top_kernel"]
