@@ -93,9 +93,10 @@ def decode_boxes(xy: Tensor, stride: Tensor, distances: Tensor) -> Tensor:
         (torchvision's ``BoxLinearCoder(normalize_by_size=True).decode``).
     """
     scaled = distances * stride[..., None]
-    x, y = xy.to(distances.dtype).unbind(-1)
-    return torch.stack((x - scaled[..., 0], y - scaled[..., 1],
-                        x + scaled[..., 2], y + scaled[..., 3]), dim=-1)
+    xy = xy.to(distances.dtype)
+    # Whole (x, y) pairs at a time: 4 operators that launch work, not 6 (the loss and
+    # post-processing count theirs, tests/model/test_operator_counts.py).
+    return torch.cat((xy - scaled[..., :2], xy + scaled[..., 2:]), dim=-1)
 
 
 def centerness_targets(xy: Tensor, boxes: Tensor) -> Tensor:
@@ -108,9 +109,8 @@ def centerness_targets(xy: Tensor, boxes: Tensor) -> Tensor:
     Returns:
         ``[...]`` ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))`` in ``[0, 1]``.
     """
-    x, y = xy.unbind(-1)
-    left, right = x - boxes[..., 0], boxes[..., 2] - x
-    top, bottom = y - boxes[..., 1], boxes[..., 3] - y
-    horizontal = torch.minimum(left, right) / torch.maximum(left, right)
-    vertical = torch.minimum(top, bottom) / torch.maximum(top, bottom)
-    return torch.sqrt(horizontal * vertical)
+    # [..., 2, 2]: ((left, top), (right, bottom)); min and max over the pair of sides of
+    # each axis at once.
+    sides = torch.stack((xy - boxes[..., :2], boxes[..., 2:] - xy), dim=-2)
+    shorter, longer = torch.aminmax(sides, dim=-2)
+    return torch.sqrt((shorter / longer).prod(dim=-1))

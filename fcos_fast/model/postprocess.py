@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fcos_fast import ops
@@ -147,10 +148,172 @@ def postprocess_detections(outputs: HeadOutputs, points: Points,
     keep = ops.batched_nms(boxes.detach(), found.scores.detach(),
                            found.image * num_classes + found.label, nms_thresh,
                            backend=backend, check_values=False)  # by decreasing score
-    kept_image = found.image[keep]
-    detections = []
-    for index in range(len(image_sizes)):
-        image_keep = keep[kept_image == index][:detections_per_img]
-        detections.append({"boxes": boxes[image_keep], "scores": found.scores[image_keep],
-                           "labels": found.label[image_keep]})
-    return detections
+    keep, counts = _first_per_image(keep, found.image[keep], len(image_sizes),
+                                    detections_per_img)
+    # One gather and one split per output, whatever the batch size (views per image).
+    return [{"boxes": boxes, "scores": scores, "labels": labels} for boxes, scores, labels
+            in zip(boxes[keep].split(counts), found.scores[keep].split(counts),
+                   found.label[keep].split(counts))]
+
+
+def _first_per_image(keep: Tensor, image: Tensor, num_images: int, limit: int
+                     ) -> tuple[Tensor, list[int]]:
+    """The first ``limit`` entries of ``keep`` of every image, grouped by image in order.
+
+    Args:
+        keep: ``[K]`` candidate indices, best first.
+        image: ``[K]`` the image of each.
+
+    Returns:
+        ``(selected [M], counts)``: ``selected`` holds image 0's entries in their order,
+        then image 1's, ...; ``counts[b]`` of them are image ``b``'s (one host sync).
+    """
+    # A stable sort by image keeps each image's entries in their order.
+    image, order = image.sort(stable=True)
+    counts = torch.bincount(image, minlength=num_images)
+    first = (counts.cumsum(0) - counts)[image]  # position of each image's first entry
+    rank = torch.arange(len(image), device=image.device) - first
+    return keep[order[rank < limit]], counts.clamp(max=limit).tolist()
+
+
+class PaddedDetections(NamedTuple):
+    """Detections of a batch in fixed-size tensors; row ``i`` of image ``b`` is a
+    detection iff ``i < num_detections[b]``, rows sorted by decreasing score.
+
+    Attributes:
+        boxes: ``[B, D, 4]`` float32 ``(x1, y1, x2, y2)``; zeros in the padding.
+        scores: ``[B, D]`` float32; zeros in the padding.
+        labels: ``[B, D]`` int64; ``-1`` in the padding.
+        num_detections: ``[B]`` int64, at most ``D``.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    num_detections: Tensor
+
+
+def postprocess_detections_padded(outputs: HeadOutputs, points: Points,
+                                  image_size: tuple[int, int], *, score_thresh: float,
+                                  nms_thresh: float, topk_candidates: int,
+                                  detections_per_img: int, candidates: str = "per_class",
+                                  backend: str | None = None) -> PaddedDetections:
+    """``postprocess_detections`` with fixed-size outputs, for a batch of one image size.
+
+    The same candidates, the same NMS and the same order (decreasing score, equal scores
+    in the order of the dynamic path's candidate list: class then rank for
+    ``"per_class"``, level then rank for ``"per_level"``), through the fixed-size ops
+    ``ops.per_class_topk_padded`` and ``ops.batched_nms_padded``: every shape follows from
+    the input shapes, nothing synchronises with the host and the number of operators
+    does not depend on the batch size, so it compiles with ``fullgraph=True``, exports,
+    and captures in a CUDA graph. Row ``i < num_detections[b]`` equals detection ``i`` of
+    image ``b`` of ``postprocess_detections`` with ``image_sizes = [image_size] * B``.
+    No autograd graph: run it under ``torch.no_grad()``.
+
+    Args:
+        outputs: head outputs ``[B, P, C]``, ``[B, P, 4]``, ``[B, P]``.
+        points: the ``P`` points.
+        image_size: ``(H, W)`` of every image (boxes are clipped to it).
+        score_thresh, nms_thresh, topk_candidates, detections_per_img, candidates,
+            backend: as ``postprocess_detections``.
+
+    Returns:
+        ``PaddedDetections`` with ``D = detections_per_img``.
+    """
+    if candidates not in CANDIDATE_SCHEMES:
+        raise ValueError(f"candidates must be one of {CANDIDATE_SCHEMES}, got {candidates!r}")
+    scores = detection_scores(outputs)  # [B, P, C]
+    batch_size, num_points, num_classes = scores.shape
+    # Every point's box, decoded and clipped once, then gathered: fewer boxes than the
+    # candidate slots (C * K >= P), and the same arithmetic per box as decoding the
+    # candidates.
+    boxes = _clip(decode_boxes(points.xy, points.stride, outputs.box_regression.float()),
+                  image_size)  # [B, P, 4]
+
+    if candidates == "per_class":
+        # Column b * C + c holds class c of image b; one segment per (image, class).
+        columns = scores.permute(1, 0, 2).reshape(num_points, batch_size * num_classes)
+        top_scores, top_point, counts = ops.per_class_topk_padded(
+            columns, topk_candidates, score_thresh, backend=backend)  # [B * C, K]
+        slots = top_scores.shape[1]
+        # Per image, slot c * K + j: the dynamic path's candidate order (class, rank).
+        point = top_point.clamp(min=0).reshape(batch_size, num_classes * slots)
+        candidate_boxes = _gather_boxes(boxes, point)
+        keep = ops.batched_nms_padded(
+            candidate_boxes.view(batch_size * num_classes, slots, 4), top_scores, counts,
+            nms_thresh, backend=backend, check_values=False)
+        candidate_scores = top_scores.reshape(batch_size, -1)
+        label = None  # slot // K
+    else:
+        candidate_scores, point, label = _candidates_per_level_padded(
+            scores, points.num_per_level, topk_candidates, score_thresh)
+        slots = None
+        candidate_boxes = _gather_boxes(boxes, point)
+        # One segment per image, classes as categories.
+        keep = ops.batched_nms_padded(candidate_boxes, candidate_scores,
+                                      (candidate_scores > score_thresh).sum(dim=1), nms_thresh,
+                                      label, backend=backend, check_values=False)
+
+    # Kept candidates by decreasing score; the stable sort keeps equal scores in
+    # candidate order, as the dynamic path's batched_nms does.
+    keep = keep.reshape(batch_size, -1)
+    ranked, order = torch.where(keep, candidate_scores, float("-inf")).sort(
+        dim=1, descending=True, stable=True)
+    ranked, order = ranked[:, :detections_per_img], order[:, :detections_per_img]
+    if ranked.shape[1] < detections_per_img:  # fewer slots than detections: pad
+        missing = detections_per_img - ranked.shape[1]
+        ranked = F.pad(ranked, (0, missing), value=float("-inf"))
+        order = F.pad(order, (0, missing))
+    num_detections = keep.sum(dim=1).clamp(max=detections_per_img)
+    found = torch.arange(detections_per_img, device=keep.device) < num_detections[:, None]
+    labels = order // slots if label is None else label.gather(1, order)
+    return PaddedDetections(
+        torch.where(found[..., None], _gather_boxes(candidate_boxes, order), 0.0),
+        torch.where(found, ranked, 0.0), torch.where(found, labels, -1), num_detections)
+
+
+def _candidates_per_level_padded(scores: Tensor, num_per_level: list[int], k: int,
+                                 score_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``candidates_per_level`` in fixed-size tensors: per image the ``L = sum_l min(k,
+    n_l * C)`` candidate slots, sorted by decreasing score, the ones above
+    ``score_thresh`` first.
+
+    The same ``torch.topk`` per level as ``candidates_per_level`` (so the same choice
+    among equal scores); the stable sort then moves each image's candidates to the front
+    of its row in the dynamic path's order among equal scores (level, then rank).
+
+    Returns:
+        ``(scores [B, L], point [B, L], label [B, L])``; slots past the candidates have
+        score ``-inf``.
+    """
+    batch_size, _, num_classes = scores.shape
+    top_scores, pairs, offsets = [], [], []
+    start = 0
+    for level_scores in scores.split(num_per_level, dim=1):
+        pairs_of_level = level_scores.reshape(batch_size, -1)
+        pairs_of_level = torch.where(pairs_of_level > score_thresh, pairs_of_level,
+                                     float("-inf"))
+        found, pair = pairs_of_level.topk(min(k, pairs_of_level.shape[1]), dim=1)
+        top_scores.append(found)
+        # Pair index over the whole image: point * C + class.
+        pairs.append(pair + start * num_classes)
+        start += level_scores.shape[1]
+    top_scores, order = torch.cat(top_scores, dim=1).sort(dim=1, descending=True,
+                                                          stable=True)
+    pair = torch.cat(pairs, dim=1).gather(1, order)
+    return top_scores, pair // num_classes, pair % num_classes
+
+
+def _gather_boxes(boxes: Tensor, index: Tensor) -> Tensor:
+    """``boxes [B, N, 4]`` at ``index [B, M]``: ``[B, M, 4]``."""
+    return boxes.gather(1, index[..., None].expand(-1, -1, 4))
+
+
+def _clip(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """Boxes ``[..., 4]`` clipped to ``[0, W] x [0, H]``: the same values as
+    ``torch.minimum(boxes.clamp(min=0), (W, H, W, H))``, with no tensor of sizes to
+    build (a host-to-device copy)."""
+    height, width = image_size
+    corners = boxes.unflatten(-1, (2, 2))  # [..., corner, (x, y)]
+    return torch.stack((corners[..., 0].clamp(0, width), corners[..., 1].clamp(0, height)),
+                       dim=-1).flatten(-2)
