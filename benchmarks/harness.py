@@ -129,3 +129,13 @@ def write_atomically(path: Path, text: str) -> None:
                                      delete=False) as tmp:
         tmp.write(text)
     os.replace(tmp.name, path)
+
+
+def fill_readme_block(readme: Path, begin: str, end: str, content: str) -> None:
+    """Replace what lies between the markers ``begin`` and ``end`` in ``readme``."""
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{readme} has no {begin} ... {end} block to fill")
+    block = f"{begin}\n{content}{end}"
+    pattern = re.escape(begin) + ".*?" + re.escape(end)
+    write_atomically(readme, re.sub(pattern, lambda _: block, text, flags=re.S))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ import torchvision
 from torch import nn
 from torchvision.models.detection import FCOS as TorchvisionFCOS
 
-from benchmarks.harness import device_name, versions, write_atomically
+from benchmarks.harness import device_name, fill_readme_block, versions, write_atomically
 from fcos_fast.config import Config, load_config
 from fcos_fast.data import build_dataset, build_train_transform, train_loader
 from fcos_fast.engine.build import build_model, build_optimizer, build_schedule
@@ -143,12 +142,7 @@ def markdown(rows: list[dict], *, device: str, run: str, config_name: str) -> st
 
 
 def update_readme(table: str, readme: Path = README) -> None:
-    text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise SystemExit(f"{readme} has no {README_BEGIN} ... {README_END} block to fill")
-    block = f"{README_BEGIN}\n{table}{README_END}"
-    pattern = re.escape(README_BEGIN) + ".*?" + re.escape(README_END)
-    write_atomically(readme, re.sub(pattern, lambda _: block, text, flags=re.S))
+    fill_readme_block(readme, README_BEGIN, README_END, table)
 
 
 def main(argv: list[str] | None = None) -> int:

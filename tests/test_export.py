@@ -344,16 +344,22 @@ def test_cuda_no_sync_compile_and_cuda_graphs(candidates):
                 outputs = static(images)
             finally:
                 torch.cuda.set_sync_debug_mode(0)
-        assert compare(outputs, expected, exact=True) is None, backend
+        # Two eager calls: cuDNN promises no bitwise repeatability, hence the tolerance.
+        assert compare(outputs, expected, exact=False) is None, backend
         assert compare(outputs, pad_detections(dynamic, static.detections_per_img),
                        exact=False) is None, backend
         torch._dynamo.reset()
         compiled = torch.compile(static, fullgraph=True)
         _assert_close_detections(compiled(images), expected)
         torch._dynamo.reset()
+        counters = torch._dynamo.utils.counters
+        counters.clear()
         graphed = torch.compile(static, fullgraph=True, mode="reduce-overhead")
         for _ in range(3):  # recorded on the second call, replayed on the third
             replayed = [t.clone() for t in graphed(images)]
+        # Inductor falls back to no CUDA graph (and counts it) on anything it cannot
+        # capture: a host sync, a CPU tensor, an op that is not capturable.
+        assert not counters["inductor"]["cudagraph_skips"], (backend, dict(counters["inductor"]))
         _assert_close_detections(replayed, expected)
 
 
