@@ -28,6 +28,13 @@ class HeadOutputs(NamedTuple):
     box_regression: Tensor
     centerness: Tensor
 
+    def float(self) -> HeadOutputs:
+        """The outputs in float32, where the losses and post-processing compute; the
+        tensors themselves when they already are (``Tensor.float()`` of a float32 tensor
+        returns it too, but still dispatches an operator)."""
+        return HeadOutputs(*(value if value.dtype == torch.float32 else value.float()
+                             for value in self))
+
 
 def _conv_tower(channels: int, num_convs: int, norm_groups: int) -> nn.Sequential:
     """``num_convs`` x (3x3 conv, GroupNorm, ReLU), the layer order torchvision uses."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from fcos_fast import ops
 from fcos_fast.model.head import HeadOutputs
-from fcos_fast.model.points import Points, centerness_targets, decode_boxes
+from fcos_fast.model.points import Points
 
 
 class AssignedTargets(NamedTuple):
@@ -54,9 +55,13 @@ def pad_targets(targets: list[dict[str, Tensor]]) -> tuple[Tensor, Tensor, Tenso
     num_gt = [len(target["boxes"]) for target in targets]
     capacity = max(num_gt) + 1
     first = targets[0]["boxes"]
-    # Row of each box in the flattened [B * G] tables, and the counts, in one transfer.
-    layout = torch.tensor([image * capacity + slot for image, count in enumerate(num_gt)
-                           for slot in range(count)] + num_gt, device=first.device)
+    # Row of each box in the flattened [B * G] tables, and the counts, in one transfer
+    # (made in numpy: torch.tensor of a list dispatches four operators even on the CPU).
+    layout = torch.from_numpy(np.concatenate(
+        [np.arange(count) + image * capacity for image, count in enumerate(num_gt)]
+        + [np.asarray(num_gt)]).astype(np.int64))
+    if layout.device != first.device:
+        layout = layout.to(first.device)
     rows, num_gt = layout.split([len(layout) - len(targets), len(targets)])
     boxes = first.new_zeros((len(targets) * capacity, 4)).index_copy_(
         0, rows, torch.cat([target["boxes"] for target in targets]))
@@ -113,12 +118,12 @@ def foreground_normalizer(foreground: Tensor) -> Tensor:
     so every process must compute the losses at each step, as DDP training does.
 
     Args:
-        foreground: ``[B, P]`` bool, the points with a target box.
+        foreground: ``[B, P]``, true (or 1) at the points with a target box.
 
     Returns:
         A float32 scalar tensor ``>= 1``.
     """
-    count = foreground.sum().to(torch.float32)
+    count = foreground.sum(dtype=torch.float32)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(count)  # in place on a fresh tensor
         count = count / dist.get_world_size()
@@ -182,10 +187,11 @@ def fcos_losses(outputs: HeadOutputs, points: Points, assigned: AssignedTargets,
         ``{"cls_loss", "reg_loss", "ctr_loss"}``, scalar tensors; the training loss is
         their sum.
     """
-    cls_logits = outputs.cls_logits.float()
+    outputs = outputs.float()
+    cls_logits = outputs.cls_logits
     foreground = assigned.labels >= 0  # [B, P]
-    num_foreground = foreground_normalizer(foreground)
-    weight = foreground.to(torch.float32)
+    weight = foreground.float()
+    num_foreground = foreground_normalizer(weight)
 
     # One-hot class targets; background points (label -1) match no class.
     is_target = assigned.labels[..., None] == torch.arange(cls_logits.shape[2],
@@ -193,8 +199,10 @@ def fcos_losses(outputs: HeadOutputs, points: Points, assigned: AssignedTargets,
     cls_loss = sigmoid_focal_loss_sum(cls_logits, is_target, alpha=focal_alpha,
                                       gamma=focal_gamma)
 
-    target_boxes = assigned.boxes.float()
-    pred_boxes = decode_boxes(points.xy, points.stride, outputs.box_regression.float())
+    target_boxes = assigned.boxes
+    if target_boxes.dtype != torch.float32:
+        target_boxes = target_boxes.float()
+    pred_boxes = points.decode(outputs.box_regression)
     # No value check: a diverged model's NaN box must give a NaN loss, which the training
     # loop skips, not an exception (and the check would cost a device sync per step).
     # Background points compare their prediction with a zero box: finite (the loss adds
@@ -205,12 +213,13 @@ def fcos_losses(outputs: HeadOutputs, points: Points, assigned: AssignedTargets,
 
     # A background point's centerness in its zero box is meaningless (0/0): 0 instead,
     # so that neither the loss nor its gradient sees a NaN.
-    ctr_targets = torch.where(foreground, centerness_targets(points.xy, target_boxes), 0.0)
-    ctr_loss = F.binary_cross_entropy_with_logits(outputs.centerness.float(), ctr_targets,
+    ctr_targets = torch.where(foreground, points.centerness(target_boxes), 0.0)
+    ctr_loss = F.binary_cross_entropy_with_logits(outputs.centerness, ctr_targets,
                                                   weight=weight, reduction="sum")
 
-    return {
-        "cls_loss": cls_loss / num_foreground,
-        "reg_loss": reg_loss / num_foreground,
-        "ctr_loss": centerness_weight * ctr_loss / num_foreground,
-    }
+    # Normalised together: one division, whatever the number of losses.
+    cls_loss, reg_loss, ctr_loss = (torch.stack((cls_loss, reg_loss, ctr_loss))
+                                    / num_foreground).unbind()
+    if centerness_weight != 1.0:
+        ctr_loss = centerness_weight * ctr_loss
+    return {"cls_loss": cls_loss, "reg_loss": reg_loss, "ctr_loss": ctr_loss}

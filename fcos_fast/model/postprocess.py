@@ -49,8 +49,9 @@ class Candidates(NamedTuple):
 
 def detection_scores(outputs: HeadOutputs) -> Tensor:
     """``[B, P, C]`` float32 scores ``sqrt(sigmoid(cls_logit) * sigmoid(centerness))``."""
-    return torch.sqrt(torch.sigmoid(outputs.cls_logits.float())
-                      * torch.sigmoid(outputs.centerness.float())[..., None])
+    outputs = outputs.float()
+    return torch.sqrt(torch.sigmoid(outputs.cls_logits)
+                      * torch.sigmoid(outputs.centerness)[..., None])
 
 
 def candidates_per_class(scores: Tensor, k: int, score_thresh: float, *,
@@ -227,8 +228,7 @@ def postprocess_detections_padded(outputs: HeadOutputs, points: Points,
     # Every point's box, decoded and clipped once, then gathered: fewer boxes than the
     # candidate slots (C * K >= P), and the same arithmetic per box as decoding the
     # candidates.
-    boxes = _clip(decode_boxes(points.xy, points.stride, outputs.box_regression.float()),
-                  image_size)  # [B, P, 4]
+    boxes = _clip(points.decode(outputs.float().box_regression), image_size)  # [B, P, 4]
 
     if candidates == "per_class":
         # Column b * C + c holds class c of image b; one segment per (image, class).
@@ -259,13 +259,16 @@ def postprocess_detections_padded(outputs: HeadOutputs, points: Points,
     keep = keep.reshape(batch_size, -1)
     ranked, order = torch.where(keep, candidate_scores, float("-inf")).sort(
         dim=1, descending=True, stable=True)
-    ranked, order = ranked[:, :detections_per_img], order[:, :detections_per_img]
-    if ranked.shape[1] < detections_per_img:  # fewer slots than detections: pad
+    if ranked.shape[1] > detections_per_img:
+        ranked, order = ranked[:, :detections_per_img], order[:, :detections_per_img]
+    elif ranked.shape[1] < detections_per_img:  # fewer slots than detections: pad
         missing = detections_per_img - ranked.shape[1]
         ranked = F.pad(ranked, (0, missing), value=float("-inf"))
         order = F.pad(order, (0, missing))
-    num_detections = keep.sum(dim=1).clamp(max=detections_per_img)
-    found = torch.arange(detections_per_img, device=keep.device) < num_detections[:, None]
+    # A kept candidate's score is above score_thresh (finite); the rest are -inf, sorted
+    # after it: the first num_detections rows.
+    found = ranked > float("-inf")
+    num_detections = found.sum(dim=1)
     labels = order // slots if label is None else label.gather(1, order)
     return PaddedDetections(
         torch.where(found[..., None], _gather_boxes(candidate_boxes, order), 0.0),
@@ -286,18 +289,20 @@ def _candidates_per_level_padded(scores: Tensor, num_per_level: list[int], k: in
         ``(scores [B, L], point [B, L], label [B, L])``; slots past the candidates have
         score ``-inf``.
     """
-    batch_size, _, num_classes = scores.shape
-    top_scores, pairs, offsets = [], [], []
+    batch_size, num_points, num_classes = scores.shape
+    top_scores, pairs = [], []
     start = 0
-    for level_scores in scores.split(num_per_level, dim=1):
-        pairs_of_level = level_scores.reshape(batch_size, -1)
-        pairs_of_level = torch.where(pairs_of_level > score_thresh, pairs_of_level,
-                                     float("-inf"))
+    # Thresholded once for all levels; each image one row of point * C + class pairs,
+    # split into the levels' column ranges (views).
+    pairs_by_level = torch.where(scores > score_thresh, scores, float("-inf")).reshape(
+        batch_size, num_points * num_classes).split(
+            [count * num_classes for count in num_per_level], dim=1)
+    for pairs_of_level in pairs_by_level:
         found, pair = pairs_of_level.topk(min(k, pairs_of_level.shape[1]), dim=1)
         top_scores.append(found)
         # Pair index over the whole image: point * C + class.
-        pairs.append(pair + start * num_classes)
-        start += level_scores.shape[1]
+        pairs.append(pair + start if start else pair)
+        start += pairs_of_level.shape[1]
     top_scores, order = torch.cat(top_scores, dim=1).sort(dim=1, descending=True,
                                                           stable=True)
     pair = torch.cat(pairs, dim=1).gather(1, order)

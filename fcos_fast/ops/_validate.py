@@ -12,6 +12,7 @@ while ``torch.compile`` traces, where a data-dependent branch would break the gr
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -126,9 +127,25 @@ def number(name: str, value, *, integer: bool = False, minimum: float | None = N
         raise InputError(f"{name} must be >= {minimum}, got {value}")
 
 
+@functools.lru_cache(maxsize=None)
+def _promote(first: torch.dtype, second: torch.dtype) -> torch.dtype:
+    # Cached: ``torch.promote_types`` is a dispatched operator, and the ops' argument
+    # handling should dispatch nothing (the operator counts of the losses and the
+    # post-processing, tests/model/test_operator_counts.py).
+    return torch.promote_types(first, second)
+
+
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """The dtype the op computes in: the promoted input dtype, at least float32."""
     dtype = tensors[0].dtype
     for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return torch.promote_types(dtype, torch.float32)
+        dtype = _promote(dtype, t.dtype)
+    return _promote(dtype, torch.float32)
+
+
+def as_dtype(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``value.to(dtype).contiguous()``, without dispatching the two no-op operators
+    when ``value`` already is a contiguous ``dtype`` tensor (the common case)."""
+    if value.dtype == dtype and value.is_contiguous():
+        return value
+    return value.to(dtype).contiguous()

@@ -104,9 +104,9 @@ def batched_nms_padded(boxes: torch.Tensor, scores: torch.Tensor, counts: torch.
     device = _check_inputs(boxes, scores, counts, iou_threshold, idxs, check_values)
     dtype = _validate.compute_dtype(boxes, scores)
     implementation = _dispatch.select("batched_nms_padded", device, backend)
-    return implementation(boxes.to(dtype).contiguous(), scores.to(dtype).contiguous(),
-                          counts.to(torch.int64).contiguous(), float(iou_threshold),
-                          None if idxs is None else idxs.to(torch.int64).contiguous())
+    return implementation(_validate.as_dtype(boxes, dtype), _validate.as_dtype(scores, dtype),
+                          _validate.as_dtype(counts, torch.int64), float(iou_threshold),
+                          None if idxs is None else _validate.as_dtype(idxs, torch.int64))
 
 
 def batched_nms_padded_fake(boxes, scores, counts, iou_threshold, idxs=None):

@@ -80,9 +80,9 @@ def fcos_assign(points: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
 
     dtype = _validate.compute_dtype(points, lower, upper, radius, gt_boxes)
     implementation = _dispatch.select("fcos_assign", device, backend)
-    return implementation(points.to(dtype).contiguous(), lower.to(dtype).contiguous(),
-                          upper.to(dtype).contiguous(), radius.to(dtype).contiguous(),
-                          gt_boxes.to(dtype).contiguous(), num_gt.to(torch.int64).contiguous())
+    return implementation(*(_validate.as_dtype(value, dtype)
+                            for value in (points, lower, upper, radius, gt_boxes)),
+                          _validate.as_dtype(num_gt, torch.int64))
 
 
 def fcos_assign_fake(points, lower, upper, radius, gt_boxes, num_gt):

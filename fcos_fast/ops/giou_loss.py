@@ -73,9 +73,11 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor, *, reduction: str = "non
     dtype = _validate.compute_dtype(pred, target)
     batch_shape = pred.shape[:-1]
     implementation = _dispatch.select("giou_loss", device, backend)
-    loss = implementation(pred.reshape(-1, 4).to(dtype).contiguous(),
-                          target.reshape(-1, 4).to(dtype).contiguous(), reduction, float(eps))
-    if reduction == "none":
+    if pred.dim() != 2:  # a reshape of [N, 4] would still dispatch an operator
+        pred, target = pred.reshape(-1, 4), target.reshape(-1, 4)
+    loss = implementation(_validate.as_dtype(pred, dtype), _validate.as_dtype(target, dtype),
+                          reduction, float(eps))
+    if reduction == "none" and len(batch_shape) != 1:
         loss = loss.reshape(batch_shape)
     return loss
 

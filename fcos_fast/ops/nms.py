@@ -93,7 +93,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, *,
     device = _check_boxes_scores(boxes, scores, iou_threshold, check_values)
     dtype = _validate.compute_dtype(boxes, scores)
     implementation = _dispatch.select("nms", device, backend)
-    return implementation(boxes.to(dtype).contiguous(), scores.to(dtype).contiguous(),
+    return implementation(_validate.as_dtype(boxes, dtype), _validate.as_dtype(scores, dtype),
                           float(iou_threshold))
 
 
@@ -130,8 +130,8 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
     device = _check_boxes_scores(boxes, scores, iou_threshold, check_values, idxs=idxs)
     dtype = _validate.compute_dtype(boxes, scores)
     implementation = _dispatch.select("batched_nms", device, backend)
-    return implementation(boxes.to(dtype).contiguous(), scores.to(dtype).contiguous(),
-                          idxs.to(torch.int64).contiguous(), float(iou_threshold))
+    return implementation(_validate.as_dtype(boxes, dtype), _validate.as_dtype(scores, dtype),
+                          _validate.as_dtype(idxs, torch.int64), float(iou_threshold))
 
 
 def nms_fake(boxes, scores, iou_threshold):

@@ -46,9 +46,11 @@ def per_class_topk(scores: torch.Tensor, k: int, score_thresh: float, *,
     _validate.number("score_thresh", score_thresh)
     dtype = _validate.compute_dtype(scores)
     implementation = _dispatch.select("per_class_topk", scores.device, backend)
-    top_scores, point_idx, class_idx = implementation(scores.to(dtype).contiguous(), int(k),
-                                                      float(score_thresh))
-    return top_scores.to(scores.dtype), point_idx, class_idx
+    top_scores, point_idx, class_idx = implementation(_validate.as_dtype(scores, dtype),
+                                                      int(k), float(score_thresh))
+    if top_scores.dtype != scores.dtype:
+        top_scores = top_scores.to(scores.dtype)
+    return top_scores, point_idx, class_idx
 
 
 def per_class_topk_fake(scores, k, score_thresh):

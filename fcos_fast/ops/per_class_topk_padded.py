@@ -52,7 +52,7 @@ def per_class_topk_padded(scores: torch.Tensor, k: int, score_thresh: float, *,
     _validate.number("score_thresh", score_thresh)
     dtype = _validate.compute_dtype(scores)
     implementation = _dispatch.select("per_class_topk_padded", scores.device, backend)
-    return implementation(scores.to(dtype).contiguous(), int(k), float(score_thresh))
+    return implementation(_validate.as_dtype(scores, dtype), int(k), float(score_thresh))
 
 
 def per_class_topk_padded_fake(scores, k, score_thresh):
