@@ -135,7 +135,11 @@ def update_readme(results_dir: Path = RESULTS_DIR, readme: Path = README) -> Non
     if README_BEGIN not in text or README_END not in text:
         raise SystemExit(f"{readme} has no {README_BEGIN} ... {README_END} block to fill")
     parts = []
-    for md_path in sorted(results_dir.glob("*.md")):
+    # Only the devices' tables (a results JSON beside them), not other notes kept in the
+    # folder such as triton_launch_configs.md.
+    for md_path in sorted(path.with_suffix(".md") for path in results_dir.glob("*.json")):
+        if not md_path.exists():
+            continue
         rel = md_path.relative_to(readme.parent)
         parts.append(md_path.read_text().strip())
         parts.append(f"\n![speed-ups on {md_path.stem}]({rel.with_suffix('.png')})\n")
