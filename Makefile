@@ -37,11 +37,12 @@ test: $(EXTENSION)
 test-fast: $(EXTENSION)
 	$(PY) -m pytest -q -m "not slow"
 
-# QUICK=1 keeps it short: 0.2 s of timing per op case, and a 150-iteration side-by-side
-# training run against torchvision instead of the default schedule.
+# QUICK=1 keeps it short: 0.2 s of timing per op case, a 150-iteration side-by-side
+# training run against torchvision instead of the default schedule, 0.3 s per export case.
 bench: $(EXTENSION)
 	$(PY) -m benchmarks.run $(if $(QUICK),--quick)
 	$(PY) -m benchmarks.train_vs_torchvision $(if $(QUICK),--quick)
+	$(PY) -m benchmarks.bench_export $(if $(QUICK),--quick)
 
 gpu-check:
 	bash scripts/gpu_check.sh benchmarks/results

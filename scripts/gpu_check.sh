@@ -23,6 +23,10 @@
 #                end is past an allocation's end); each run's seconds in timing.tsv
 #   benchmarks   python -m benchmarks.run --quick, alone on the GPU: <device>.json rows,
 #                <device>.md table (and <device>.png when matplotlib is installed) in OUTDIR
+#   export       python -m benchmarks.bench_export --quick at 512 px, batch 1 and 8: the
+#                eager model, StaticFCOS eager/compiled, CUDA graphs, the exported program
+#                (OUTDIR/export/<device>.md); skipped, not failed, when the time left is
+#                under 2 minutes
 #
 # Exit status: 0 every step passed; 1 a step failed (OUTDIR/summary.txt says which);
 # 2 no CUDA GPU is visible: it says so and runs nothing (the CPU checks are `make test`).
@@ -287,6 +291,19 @@ step_benchmarks() {
   return "$rc"
 }
 
+step_export() {
+  local rc
+  if (( ($(date +%s%N) - check_start) / 1000000000 > BUDGET_S - 120 )); then
+    echo "under 2 minutes of the budget left: export latency not measured"
+    return 0
+  fi
+  $PY -m benchmarks.bench_export --quick --sizes 512 --results-dir "$OUT/export" \
+    --no-readme > "$OUT/export.log" 2>&1
+  rc=$?
+  tail -12 "$OUT/export.log"
+  return "$rc"
+}
+
 # ----------------------------------------------------------------- the check
 
 run_step environment step_environment
@@ -306,5 +323,6 @@ if run_step build step_build; then
   run_step pytest step_pytest
   run_step sanitizers step_sanitizers  # the time waited for them after pytest
   run_step benchmarks step_benchmarks  # alone on the GPU
+  run_step export step_export
 fi
 finish "$status"
