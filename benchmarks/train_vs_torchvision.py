@@ -6,7 +6,7 @@
 Both detectors have the same architecture — the config's ResNet, FPN P3–P7 of
 ``model.fpn_channels`` and shared GroupNorm heads of ``model.num_convs`` convolutions —
 and get the same training images in the same order (same sampler seed and augmentation
-stream), the same optimizer (SGD, no weight decay on norms), LR schedule, precision
+stream), the same optimizer (the config's, no weight decay on norms), LR schedule, precision
 (``solver.amp``), memory format and iteration count; both are scored by the same
 pycocotools evaluation on the held-out split. What differs is each detector's own code:
 torchvision's ``FCOS`` (per-point P×G matching, its losses with centerness weight 1 —

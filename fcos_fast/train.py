@@ -1,7 +1,7 @@
 """Train FCOS: ``python -m fcos_fast.train [--config FILE] [--out DIR] [--resume]``.
 
 With no arguments it trains on the built-in synthetic shapes (generated on first use)
-with the shipped ``synthetic.yaml``, sized to finish within 10 minutes on a 2-core CPU.
+with the shipped ``synthetic.yaml``, sized to finish within 5 minutes on a 2-core CPU.
 Several processes: ``torchrun --nproc_per_node N -m fcos_fast.train ...`` (DDP; NCCL on
 GPUs, gloo on CPUs).
 
