@@ -41,5 +41,5 @@ PY
 "$PYTHON" -m fcos_fast.export --checkpoint "$OUT/checkpoint.pt" --out "$OUT/model.pt2" \
     --batch 8 --evaluate
 "$PYTHON" -m fcos_fast.infer --checkpoint "$OUT/checkpoint.pt" --split val --num-images 8 \
-    --out "$OUT/pictures"
+    --score-thresh 0.5 --out "$OUT/pictures"
 "$PYTHON" -m fcos_fast.visualize "$OUT"
