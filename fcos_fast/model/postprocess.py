@@ -223,12 +223,13 @@ def postprocess_detections_padded(outputs: HeadOutputs, points: Points,
     """
     if candidates not in CANDIDATE_SCHEMES:
         raise ValueError(f"candidates must be one of {CANDIDATE_SCHEMES}, got {candidates!r}")
+    outputs = outputs.float()  # once: detection_scores' own call is then free
     scores = detection_scores(outputs)  # [B, P, C]
     batch_size, num_points, num_classes = scores.shape
     # Every point's box, decoded and clipped once, then gathered: fewer boxes than the
     # candidate slots (C * K >= P), and the same arithmetic per box as decoding the
     # candidates.
-    boxes = _clip(points.decode(outputs.float().box_regression), image_size)  # [B, P, 4]
+    boxes = _clip(points.decode(outputs.box_regression), image_size)  # [B, P, 4]
 
     if candidates == "per_class":
         # Column b * C + c holds class c of image b; one segment per (image, class).
