@@ -100,11 +100,34 @@ class LaunchConfig(NamedTuple):
     grid: tuple[int, ...]
     num_warps: int
     constexprs: dict[str, Any]
+    #: ``maxnreg``: registers a thread may use, where ptxas's own choice spills. (For a
+    #: block of few threads ptxas stops at 128 to keep occupancy; some Triton versions'
+    #: code then spills, which a latency-bound kernel pays for more than occupancy.)
+    max_registers: int | None = None
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        """The launch's keyword arguments: the constexprs, the warps and ``EXACT_FP``."""
-        return {**self.constexprs, "num_warps": self.num_warps, **EXACT_FP}
+        """The launch's keyword arguments: the constexprs, the warps, the register limit
+        and ``EXACT_FP``."""
+        limit = {} if self.max_registers is None else {"maxnreg": self.max_registers}
+        return {**self.constexprs, "num_warps": self.num_warps, **limit, **EXACT_FP}
+
+
+#: CUDA's grid limits: programs along axis 0, 1 and 2.
+GRID_LIMITS = (2**31 - 1, 65_535, 65_535)
+
+
+def checked_grid(grid: tuple[int, ...], op: str, sizes: str) -> tuple[int, ...]:
+    """``grid`` if CUDA can launch it, else an ``InputError`` naming the op and the input
+    ``sizes`` that asked for it (the native backend loops where a kernel here cannot)."""
+    for axis, (programs, limit) in enumerate(zip(grid, GRID_LIMITS)):
+        if programs > limit:
+            from fcos_fast.ops import InputError
+
+            raise InputError(f"{op} on the triton backend: {sizes} need {programs} programs "
+                             f"along grid axis {axis}, more than CUDA's {limit}; use "
+                             f"backend='native'")
+    return grid
 
 
 def device_guard(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -115,9 +138,58 @@ def device_guard(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def contiguous(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The launchers' inputs in the layout the kernels index (row-major, no gaps): the
+    public ops hand them over so, a direct ``torch.ops.fcos_fast.<op>_triton`` call may
+    not (a copy then, as the native ops make; free when already contiguous)."""
+    return tuple(None if t is None else t.contiguous() for t in tensors)
+
+
 def scalar_tensor(value: float, like: torch.Tensor) -> torch.Tensor:
     """``value`` as a one-element tensor of ``like``'s dtype and device (see above)."""
     return torch.full((1,), value, dtype=like.dtype, device=like.device)
+
+
+def descending_score_order(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``torch.argsort(scores, dim, descending=True, stable=True)`` as the CPU computes it
+    on every device: every NaN first, whatever its sign bit.
+
+    torch.sort on CPU compares with ``isnan`` and puts all NaNs first; on CUDA it is a radix
+    sort of the bit patterns, which ranks a NaN with the sign bit set below -inf. Making
+    every NaN positive first gives the CPU's order there too (the native kernels use the
+    keys of ``csrc/ops/score_key.h``, which map every NaN to the first key).
+    """
+    positive_nan = torch.where(torch.isnan(scores), scores.abs(), scores)
+    return torch.argsort(positive_nan, dim=dim, descending=True, stable=True)
+
+
+def empty_of_device_size(size: torch.Tensor) -> torch.Tensor:
+    """An uninitialised int64 ``[int(size)]`` tensor, ``size`` a one-element int64 tensor on
+    the device: one host-device synchronisation, reading the size.
+
+    While tracing (fake tensors refuse ``.item()``) the size is data-dependent instead,
+    from ``torch.repeat_interleave`` (whose fake gives a new dynamic size, as
+    ``nonzero``'s does). In eager mode that op would synchronise twice (its output size,
+    then a check that no repeat is negative), hence ``.item()`` there.
+    """
+    if isinstance(size, torch._subclasses.FakeTensor) or torch._guards.detect_fake_mode():
+        return torch.repeat_interleave(size.reshape(1))
+    return torch.empty((int(size.item()),), dtype=torch.int64, device=size.device)
+
+
+def wrap_triton(kernel):
+    """``torch.library.wrap_triton(kernel)``, or under the interpreter the kernel itself.
+
+    ``wrap_triton`` makes a launch traceable for ``triton_op``; an interpreted kernel
+    cannot be traced anyway (``register`` keeps the op opaque there) and launches
+    eagerly as it is. torch 2.14 hands an interpreted kernel back unchanged, torch 2.11
+    refuses it ("wrap_triton only works on functions annotated with triton.jit"), so
+    the supported range needs this one rule. The name stays ``wrap_triton``:
+    ``triton_op`` finds a launcher's kernels by the calls of that name in its source.
+    """
+    if INTERPRET:
+        return kernel
+    return torch.library.wrap_triton(kernel)
 
 
 def next_power_of_2(n: int) -> int:

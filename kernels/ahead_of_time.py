@@ -86,7 +86,8 @@ class Case:
 
 def config_key(*configs) -> tuple:
     """What a launch compiles from a ``LaunchConfig``: everything but the grid."""
-    return tuple((c.num_warps, tuple(sorted(c.constexprs.items()))) for c in configs)
+    return tuple((c.num_warps, c.max_registers, tuple(sorted(c.constexprs.items())))
+                 for c in configs)
 
 
 def boundaries(key: Callable[[int], Any], first: int, last: int) -> list[int]:

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import torch
 import triton
-from torch.library import wrap_triton
 
 from fcos_fast.kernels import nms
-from fcos_fast.kernels._common import LaunchConfig, device_guard, register, scalar_tensor
+from fcos_fast.kernels._common import (LaunchConfig, contiguous, descending_score_order,
+                                       device_guard, register, scalar_tensor, wrap_triton)
 # By name: triton_op finds the kernels of an op in `wrap_triton(<name>)` calls (for
 # AOTAutograd's cache key), not in `wrap_triton(module.kernel)`.
 from fcos_fast.kernels.nms import _nms_mask_kernel, _nms_sweep_kernel
@@ -60,8 +60,8 @@ def _sweep_order(scores: torch.Tensor, used: torch.Tensor, idxs: torch.Tensor | 
     valid = torch.arange(length, device=scores.device) < used[:, None]
     # An unused slot is -inf: it ties only with a used slot of score -inf, which the
     # stable sort keeps first (its slot is lower). NaN sorts first, as torch.sort does.
-    order = torch.argsort(torch.where(valid, scores, torch.full_like(scores, float("-inf"))),
-                          dim=1, descending=True, stable=True)
+    order = descending_score_order(
+        torch.where(valid, scores, torch.full_like(scores, float("-inf"))), dim=1)
     if idxs is None:
         return order
     # By category, stably, so each category stays in score order; the unused slots get
@@ -75,6 +75,7 @@ def batched_nms_padded_launch(boxes: torch.Tensor, scores: torch.Tensor, counts:
                               iou_threshold: float, idxs: torch.Tensor | None
                               ) -> torch.Tensor:
     """The launcher of ``fcos_fast::batched_nms_padded_triton`` (traceable)."""
+    boxes, scores, counts, idxs = contiguous(boxes, scores, counts, idxs)
     num_segments, length = scores.shape
     device = scores.device
     if num_segments == 0 or length == 0:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from fcos_fast.kernels._common import (NAN, LaunchConfig, device_guard, load_boxes,
-                                       next_power_of_2, register)
+from fcos_fast.kernels._common import (NAN, LaunchConfig, checked_grid, contiguous,
+                                       device_guard, load_boxes, next_power_of_2, register,
+                                       wrap_triton)
 from fcos_fast.ops.fcos_assign import fcos_assign_fake
 
 __all__ = ["fcos_assign"]
@@ -28,8 +28,12 @@ def _fcos_assign_kernel(
     num_points, num_slots,
     BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
-    image = tl.program_id(1)
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    # One grid axis, images outermost (grid axis 1 holds at most 65,535 programs); int64
+    # point offsets (2 * p overflows int32 from 2^30 points).
+    blocks_per_image = tl.cdiv(num_points, BLOCK_P)
+    image = tl.program_id(0) // blocks_per_image
+    block = tl.program_id(0) - image * blocks_per_image
+    p = block.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < num_points
     x = tl.load(points_ptr + 2 * p, mask=p_ok, other=0.0)[:, None]
     y = tl.load(points_ptr + 2 * p + 1, mask=p_ok, other=0.0)[:, None]
@@ -96,14 +100,17 @@ def launch_config(num_points: int, num_images: int, num_slots: int,
     max_block_g = 16 if dtype == torch.float64 else 32
     block_p = 128
     block_g = min(max_block_g, next_power_of_2(num_slots))
-    return LaunchConfig((triton.cdiv(num_points, block_p), num_images), 8,
-                        {"BLOCK_P": block_p, "BLOCK_G": block_g})
+    grid = checked_grid((num_images * triton.cdiv(num_points, block_p),), "fcos_assign",
+                        f"{num_images} images of {num_points} points")
+    return LaunchConfig(grid, 8, {"BLOCK_P": block_p, "BLOCK_G": block_g})
 
 
 def fcos_assign_launch(points: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
                        radius: torch.Tensor, gt_boxes: torch.Tensor, num_gt: torch.Tensor
                        ) -> torch.Tensor:
     """The launcher of ``fcos_fast::fcos_assign_triton`` (traceable)."""
+    points, lower, upper, radius, gt_boxes, num_gt = contiguous(points, lower, upper, radius,
+                                                                gt_boxes, num_gt)
     num_images, num_slots = gt_boxes.shape[0], gt_boxes.shape[1]
     num_points = points.shape[0]
     if num_images == 0 or num_points == 0 or num_slots == 0:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from fcos_fast.kernels._common import (NAN, LaunchConfig, device_guard, div_rn, load_boxes,
-                                       mul_rn, next_power_of_2, register, scalar_tensor)
+from fcos_fast.kernels._common import (NAN, LaunchConfig, contiguous, device_guard, div_rn,
+                                       load_boxes, mul_rn, next_power_of_2, register,
+                                       scalar_tensor, wrap_triton)
 from fcos_fast.ops.giou_loss import (giou_loss_backward_fake, giou_loss_fake,
                                      register_giou_autograd)
 
@@ -54,7 +54,8 @@ def _giou_parts(x1, y1, x2, y2, x1g, y1g, x2g, y2g):
 @triton.jit
 def _giou_loss_forward_kernel(pred_ptr, target_ptr, eps_ptr, out_ptr, num_boxes,
                               PARTIAL_SUMS: tl.constexpr, BLOCK: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    # int64 rows: the offset 4 * row overflows int32 from 2^29 pairs.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = rows < num_boxes
     x1, y1, x2, y2 = load_boxes(pred_ptr, rows, ok)
     x1g, y1g, x2g, y2g = load_boxes(target_ptr, rows, ok)
@@ -123,7 +124,7 @@ def _axis_grads(lo, hi, lo_t, hi_t, grad_len, grad_len_t, grad_inter, grad_enclo
 def _giou_loss_backward_kernel(grad_out_ptr, pred_ptr, target_ptr, eps_ptr,
                                grad_pred_ptr, grad_target_ptr, num_boxes,
                                SCALAR_GRAD: tl.constexpr, BLOCK: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # (see the forward)
     ok = rows < num_boxes
     x1, y1, x2, y2 = load_boxes(pred_ptr, rows, ok)
     x1g, y1g, x2g, y2g = load_boxes(target_ptr, rows, ok)
@@ -206,6 +207,7 @@ def backward_launch_config(num_boxes: int, dtype: torch.dtype, reduction: str) -
 def giou_loss_forward(pred: torch.Tensor, target: torch.Tensor, reduction: str,
                       eps: float) -> torch.Tensor:
     """The launcher of ``fcos_fast::giou_loss_triton`` (traceable)."""
+    pred, target = contiguous(pred, target)
     num_boxes = pred.shape[0]
     if num_boxes == 0:
         # torchvision: the loss of nothing is empty, and its sum and its mean are 0.
@@ -228,6 +230,7 @@ def giou_loss_forward(pred: torch.Tensor, target: torch.Tensor, reduction: str,
 def giou_loss_backward(grad_output: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
                        reduction: str, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The launcher of ``fcos_fast::giou_loss_backward_triton`` (traceable)."""
+    grad_output, pred, target = contiguous(grad_output, pred, target)
     num_boxes = pred.shape[0]
     grad_pred = torch.empty_like(pred)
     grad_target = torch.empty_like(target)

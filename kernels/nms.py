@@ -23,11 +23,11 @@ does). ``nms`` is one segment of all the boxes. Two kernels run:
 Kept positions are mapped back to score ranks, and ``order[keep]`` is the result: by
 decreasing score, ties to the lower index, the order ``torchvision.ops.batched_nms``
 returns. Host-device synchronisations: the final compaction (the output size depends
-on the data), and for ``batched_nms`` the mask's allocation, whose size is a device-side
-sum over the segments (``torch.repeat_interleave`` sizes its output from it; under
-``torch.compile`` that is a data-dependent size like ``nonzero``'s, so the launcher stays
-traceable). The IoU is computed as the reference does, ``inter / (area_i + area_j -
-inter)`` in the boxes' dtype with IEEE rounding, so that boxes planted exactly at the
+on the data), and for ``batched_nms`` one more, the mask's allocation, whose size is a
+device-side sum over the segments (``_common.empty_of_device_size``; traced, a
+data-dependent size like ``nonzero``'s, so the launcher stays traceable). The IoU is
+computed as the reference does, ``inter / (area_i + area_j - inter)`` in the boxes'
+dtype with IEEE rounding, so that boxes planted exactly at the
 threshold go the same way on every backend; a NaN IoU (two empty boxes) suppresses
 nothing, as in torchvision.
 """
@@ -39,10 +39,11 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from fcos_fast.kernels._common import (NAN, LaunchConfig, device_guard, div_rn, load_boxes,
-                                       mul_rn, next_power_of_2, register, scalar_tensor)
+from fcos_fast.kernels._common import (NAN, LaunchConfig, contiguous, descending_score_order,
+                                       device_guard, div_rn, empty_of_device_size, load_boxes,
+                                       mul_rn, next_power_of_2, register, scalar_tensor,
+                                       wrap_triton)
 from fcos_fast.ops.nms import batched_nms_fake, nms_fake
 
 __all__ = ["nms", "batched_nms"]
@@ -201,6 +202,10 @@ _MAX_MASK_PROGRAMS = 4096
 # batched_nms walks the segments with up to 1024 programs.
 _MAX_SWEEP_WARPS = 8
 _SWEEP_ROWS = 8
+# The rows in flight need ~140 registers at 2 and 4 warps, where ptxas stops at 128 unless
+# told otherwise: Triton 3.6's code then spilled 24-28 bytes on sm_80 (3.8's did not).
+# Occupancy does not matter to this kernel, a few programs long in latency.
+_SWEEP_MAX_REGISTERS = 255
 _MAX_SWEEP_PROGRAMS = 1024
 
 
@@ -220,7 +225,8 @@ def sweep_launch_config(num_boxes: int, batched: bool) -> LaunchConfig:
     num_warps = min(_MAX_SWEEP_WARPS, max(1, next_power_of_2(num_words) // 128))
     programs = min(num_boxes, _MAX_SWEEP_PROGRAMS) if batched else 1
     return LaunchConfig((programs,), num_warps,
-                        {"WORD": _WORD, "CHUNK": 128 * num_warps, "ROWS": _SWEEP_ROWS})
+                        {"WORD": _WORD, "CHUNK": 128 * num_warps, "ROWS": _SWEEP_ROWS},
+                        max_registers=_SWEEP_MAX_REGISTERS)
 
 
 class Segments(NamedTuple):
@@ -290,7 +296,7 @@ def sweep_plan(boxes: torch.Tensor, scores: torch.Tensor,
                categories: torch.Tensor | None) -> SweepPlan:
     """Sort, find the segments and allocate the mask (one sync when ``categories``)."""
     num_boxes = boxes.shape[0]
-    order = torch.argsort(scores, descending=True, stable=True)
+    order = descending_score_order(scores)
     if categories is None:
         rank_of = None
         segments = _one_segment(num_boxes, boxes.device)
@@ -301,9 +307,8 @@ def sweep_plan(boxes: torch.Tensor, scores: torch.Tensor,
         sorted_categories, rank_of = torch.sort(categories.index_select(0, order), stable=True)
         sweep_boxes = order.index_select(0, rank_of)
         segments = _category_segments(sorted_categories)
-        # An int64 tensor of sum(mask_words) elements (its values, segment numbers, are
-        # overwritten): the size comes from the device, without .item().
-        mask = torch.repeat_interleave(segments.mask_words)
+        # sum(mask_words) words: the one synchronisation (or, traced, a dynamic size).
+        mask = empty_of_device_size(segments.mask_words.sum())
         removed = boxes.new_zeros((num_boxes,), dtype=torch.int64)  # sum of words <= N
     return SweepPlan(order, rank_of, boxes.index_select(0, sweep_boxes), segments, mask,
                      removed)
@@ -345,6 +350,7 @@ def nms_keep_mask(boxes: torch.Tensor, scores: torch.Tensor, categories: torch.T
 def nms_launch(boxes: torch.Tensor, scores: torch.Tensor, categories: torch.Tensor | None,
                iou_threshold: float) -> torch.Tensor:
     """The launcher of both ops (traceable)."""
+    boxes, scores, categories = contiguous(boxes, scores, categories)
     if boxes.shape[0] == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     order, keep = nms_keep_mask(boxes, scores, categories, iou_threshold)

@@ -24,15 +24,15 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from fcos_fast.kernels._common import (LaunchConfig, device_guard, next_power_of_2, register,
-                                       scalar_tensor)
+from fcos_fast.kernels._common import (LaunchConfig, checked_grid, contiguous, device_guard,
+                                       next_power_of_2, register, scalar_tensor, wrap_triton)
 from fcos_fast.ops.per_class_topk import per_class_topk_fake
 
 __all__ = ["per_class_topk"]
 
 _NO_INDEX = tl.constexpr(2**31 - 1)  # the index of the sentinel: no point has it
+_MAX_POINTS = 2**31 - 2  # point indices are int32, and the sentinel's is not a point's
 
 
 @triton.jit
@@ -105,10 +105,12 @@ def _merge_lists(best_key, best_idx, key, idx, LOG_BLOCK: tl.constexpr):
 def _segment_top_kernel(scores_ptr, threshold_ptr, top_key_ptr, top_idx_ptr,
                         num_points, num_classes, segment_len,
                         BLOCK: tl.constexpr, LOG_BLOCK: tl.constexpr):
-    """The best ``BLOCK`` candidates of class ``program_id(0)`` among the points of
-    segment ``program_id(1)``, best first, into ``top_key/top_idx[class, segment]``."""
-    cls = tl.program_id(0)
-    segment = tl.program_id(1)
+    """The best ``BLOCK`` candidates of one class among the points of one segment, best
+    first, into ``top_key/top_idx[class, segment]``. Program ``class * S + segment`` (one
+    grid axis: axis 1 holds at most 65,535 programs, too few segments for ~67M points)."""
+    num_segments = tl.num_programs(0) // num_classes
+    cls = tl.program_id(0) // num_segments
+    segment = tl.program_id(0) - cls * num_segments
     threshold = tl.load(threshold_ptr)
     pos = tl.arange(0, BLOCK)
     # The sentinel, the smallest key (INT_MIN of the key's width) with the largest
@@ -141,7 +143,7 @@ def _segment_top_kernel(scores_ptr, threshold_ptr, top_key_ptr, top_idx_ptr,
                                               LOG_BLOCK)
             worst_kept = tl.min(best_key)
 
-    out = (cls.to(tl.int64) * tl.num_programs(1) + segment) * BLOCK + pos
+    out = tl.program_id(0).to(tl.int64) * BLOCK + pos
     tl.store(top_key_ptr + out, tl.reshape(best_key, [BLOCK]))
     tl.store(top_idx_ptr + out, tl.reshape(best_idx, [BLOCK]))
 
@@ -210,18 +212,38 @@ def _warps(block: int, dtype: torch.dtype) -> int:
     return 4 if block <= 1024 else 8
 
 
+def _max_registers(block: int, dtype: torch.dtype) -> int | None:
+    """float64 at 4096 on 8 warps needs 254 registers; ptxas of Triton 3.6 stopped the
+    merge kernel at 128 on sm_80 and spilled 32 bytes unless allowed more."""
+    return 255 if dtype == torch.float64 and block == _MAX_BLOCK else None
+
+
+def num_segments(num_points: int, block: int) -> int:
+    """Segments of ``4 * BLOCK`` points a class's column is split into."""
+    return triton.cdiv(num_points, _CHUNKS_PER_SEGMENT * block)
+
+
 def segment_launch_config(num_points: int, num_classes: int, block: int,
                           dtype: torch.dtype) -> LaunchConfig:
     """``_segment_top_kernel``: a program per (class, segment of ``4 * BLOCK`` points)."""
-    num_segments = triton.cdiv(num_points, _CHUNKS_PER_SEGMENT * block)
-    return LaunchConfig((num_classes, num_segments), _warps(block, dtype),
-                        {"BLOCK": block, "LOG_BLOCK": block.bit_length() - 1})
+    sizes = f"{num_points} points x {num_classes} classes"
+    if num_points > _MAX_POINTS:
+        from fcos_fast.ops import InputError
+
+        raise InputError(f"per_class_topk on the triton backend: {sizes}; it indexes points "
+                         f"in int32, at most {_MAX_POINTS}; use backend='native'")
+    grid = checked_grid((num_classes * num_segments(num_points, block),), "per_class_topk",
+                        sizes)
+    return LaunchConfig(grid, _warps(block, dtype),
+                        {"BLOCK": block, "LOG_BLOCK": block.bit_length() - 1},
+                        _max_registers(block, dtype))
 
 
 def merge_launch_config(num_classes: int, block: int, dtype: torch.dtype) -> LaunchConfig:
     """``_merge_segments_kernel``: a program per class."""
     return LaunchConfig((num_classes,), _warps(block, dtype),
-                        {"BLOCK": block, "LOG_BLOCK": block.bit_length() - 1})
+                        {"BLOCK": block, "LOG_BLOCK": block.bit_length() - 1},
+                        _max_registers(block, dtype))
 
 
 def per_class_topk_table(scores: torch.Tensor, k: int, score_thresh: float
@@ -230,6 +252,7 @@ def per_class_topk_table(scores: torch.Tensor, k: int, score_thresh: float
     ``-1`` past the last candidate. No host-device synchronisation (a fixed-size result,
     e.g. for CUDA-graph capture); ``per_class_topk`` compacts it. ``N, C, k > 0``.
     """
+    scores, = contiguous(scores)
     num_points, num_classes = scores.shape
     k_out = min(k, num_points)
     block = list_block(num_points, k)
@@ -242,11 +265,11 @@ def per_class_topk_table(scores: torch.Tensor, k: int, score_thresh: float
         return top, torch.where(top > score_thresh, point_idx, -1)
     with device_guard(scores):
         config = segment_launch_config(num_points, num_classes, block, scores.dtype)
-        num_segments = config.grid[1]
+        segments = num_segments(num_points, block)
         key_dtype = torch.int64 if scores.dtype == torch.float64 else torch.int32
-        top_key = torch.empty((num_classes, num_segments, block), dtype=key_dtype,
+        top_key = torch.empty((num_classes, segments, block), dtype=key_dtype,
                               device=scores.device)
-        top_idx = torch.empty((num_classes, num_segments, block), dtype=torch.int32,
+        top_idx = torch.empty((num_classes, segments, block), dtype=torch.int32,
                               device=scores.device)
         wrap_triton(_segment_top_kernel)[config.grid](
             scores, scalar_tensor(score_thresh, scores), top_key, top_idx, num_points,
@@ -255,7 +278,7 @@ def per_class_topk_table(scores: torch.Tensor, k: int, score_thresh: float
         out_scores = scores.new_empty((num_classes, k_out))
         config = merge_launch_config(num_classes, block, scores.dtype)
         wrap_triton(_merge_segments_kernel)[config.grid](
-            top_key, top_idx, scores, out_idx, out_scores, num_segments, num_classes, k_out,
+            top_key, top_idx, scores, out_idx, out_scores, segments, num_classes, k_out,
             **config.kwargs)
     return out_scores, out_idx
 

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import warnings
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 if not torch.cuda.is_available():  # before triton is imported (tests/conftest.py does too)
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -237,6 +240,47 @@ def test_batched_nms_nan_scores_without_validation(device, monkeypatch):
     _assert_same(_triton("nms", boxes, scores, 0.5), _reference("nms", boxes, scores, 0.5))
 
 
+def _cuda_radix_argsort(argsort):
+    """``torch.argsort`` as CUDA computes it on floats: a stable radix sort of the bit
+    patterns with CUB's key transform (-0.0 as +0.0), so a NaN with the sign bit set ranks
+    below -inf. Integer inputs sort as usual."""
+    def radix_argsort(input, dim=-1, descending=False, stable=False):
+        if not input.is_floating_point():
+            return argsort(input, dim=dim, descending=descending, stable=stable)
+        value = torch.where(input == 0, torch.zeros_like(input), input).double()
+        bits = value.view(torch.int64)
+        # Negative patterns flip all bits, the others the sign bit: an unsigned order,
+        # here as a signed one (the sign bit flipped once more).
+        key = torch.where(bits < 0, ~bits, bits)
+        return argsort(key, dim=dim, descending=descending, stable=True)
+
+    return radix_argsort
+
+
+@pytest.mark.parametrize("op", ["nms", "batched_nms", "batched_nms_padded"])
+def test_nan_scores_of_either_sign_sort_first_under_cudas_radix_order(op, monkeypatch):
+    """NaN scores with the sign bit set (value checks off): CUDA's radix sort ranks them
+    below -inf, torch.sort on the CPU first (issue 17: the kept boxes differed between
+    devices). The launchers make every NaN positive before sorting; checked here with
+    CUDA's order emulated, in the interpreter."""
+    if "triton" not in ops.available_backends("cpu"):
+        pytest.skip("needs the Triton interpreter")
+    monkeypatch.setenv("FCOS_FAST_VALIDATE", "0")
+    boxes, scores, idxs = _postprocess_like(6, 20, [12, 1, 40, 7, 65])
+    scores[::7] = -float("nan")
+    scores[1::7] = float("nan")
+    assert torch.signbit(scores[::7]).all() and not torch.signbit(scores[1::7]).any()
+    if op == "batched_nms_padded":
+        args = (boxes.view(5, 25, 4), scores.view(5, 25), torch.tensor([25, 3, 0, 25, 17]),
+                0.5, idxs.view(5, 25))
+    else:
+        args = (boxes, scores, idxs, 0.5) if op == "batched_nms" else (boxes, scores, 0.5)
+    expected = _reference(op, *args)
+    monkeypatch.setattr(torch, "argsort", _cuda_radix_argsort(torch.argsort))
+    assert not torch.equal(_reference(op, *args), expected)  # the emulation bites
+    _assert_same(_triton(op, *args), expected)
+
+
 # ---------------------------------------------------------------- giou_loss
 
 def _giou_pairs(seed: int, n: int, dtype=torch.float64):
@@ -255,7 +299,9 @@ def _giou_with_grads(backend, pred, target, reduction):
     pred = pred.detach().clone().requires_grad_(True)
     target = target.detach().clone().requires_grad_(True)
     loss = ops.giou_loss(pred, target, reduction=reduction, backend=backend)
-    upstream = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device)
+    # Made on the CPU for every device: CUDA's linspace rounds differently (a quarter of
+    # 200k values one ulp off), which a bitwise comparison of gradients would see.
+    upstream = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).to(loss.device)
     (loss * upstream.reshape(loss.shape)).sum().backward()
     return loss.detach(), pred.grad, target.grad
 
@@ -395,7 +441,8 @@ def test_fcos_assign_area_ties_across_chunks_and_edges(device):
     num_gt = torch.tensor([70, 38, 0])
     gt = torch.stack([gt, gt, gt])
     _check_assign(points, lower, upper, radius, gt, num_gt, device=device)
-    matched = _triton("fcos_assign", points, lower, upper, radius, gt, num_gt)
+    matched = _triton("fcos_assign", *(t.to(device) for t in (points, lower, upper, radius, gt,
+                                                              num_gt))).cpu()
     assert 37 not in matched.tolist()[0] and 69 not in matched.tolist()[0]
     assert (matched[0] == 3).any() and (matched[2] == -1).all()
 
@@ -568,6 +615,47 @@ def test_triton_ops_expose_their_kernels(op):
 
 
 
+class _ScalarReads(TorchDispatchMode):
+    """Counts ``aten::_local_scalar_dense``: every read of a tensor value by the host
+    (``.item()``, ``int(t)``, and those inside ATen ops) goes through it, and on a GPU
+    each is a host-device synchronisation."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_host_reads_of_tensor_values_on_the_cpu(monkeypatch):
+    """What test_no_host_device_sync checks on a GPU, counted on the CPU: no launcher reads
+    a tensor value on the host, but batched_nms once, to size its per-category mask
+    (issue 17: it used torch.repeat_interleave, which reads two values on CUDA, its size
+    and a check of its input, and none through the dispatcher on the CPU)."""
+    from fcos_fast.kernels.nms import nms_keep_mask
+    from fcos_fast.kernels.per_class_topk import per_class_topk_table
+
+    if "triton" not in ops.available_backends("cpu"):
+        pytest.skip("needs the Triton interpreter")
+    monkeypatch.setenv("FCOS_FAST_VALIDATE", "0")
+    assign_args = _assign_case(0, 2, 10, (64, 64))
+    pred, target = (t.float() for t in _giou_pairs(0, 100))
+    boxes, scores, idxs = _nms_case(0, 150)
+    with _ScalarReads() as reads:
+        ops.fcos_assign(*assign_args, backend="triton")
+        p = pred.clone().requires_grad_(True)
+        ops.giou_loss(p, target, reduction="mean", backend="triton").backward()
+        nms_keep_mask(boxes, scores, None, 0.5)
+        per_class_topk_table(_topk_scores(0, 300, 4, ties=False), 20, 0.05)
+    assert reads.count == 0
+    with _ScalarReads() as reads:
+        nms_keep_mask(boxes, scores, idxs, 0.5)
+    assert reads.count == 1
+
+
 @pytest.mark.cuda
 def test_no_host_device_sync(monkeypatch):
     """fcos_assign, giou_loss forward and backward, the NMS mask + sweep and the top-k
@@ -605,6 +693,83 @@ def test_no_host_device_sync(monkeypatch):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert len([w for w in caught if "synchroniz" in str(w.message)]) == 1
+
+
+# ---------------------------------------------------------------- limits
+
+def test_launch_grids_stay_within_cudas_limits():
+    """Grid axis 1 holds at most 65,535 programs, axis 0 2^31 - 1 (issue 17: fcos_assign
+    put its images on axis 1, per_class_topk its point segments, so 70,000 images or
+    100M points could not launch). Past what one axis holds: an InputError naming the op."""
+    from fcos_fast.kernels import fcos_assign, per_class_topk
+    from fcos_fast.kernels._common import GRID_LIMITS
+
+    configs = [fcos_assign.launch_config(17_821, 70_000, 100, torch.float32),
+               per_class_topk.segment_launch_config(
+                   100_000_000, 80, per_class_topk.list_block(100_000_000, 1), torch.float32)]
+    for config in configs:
+        assert all(programs <= limit for programs, limit in zip(config.grid, GRID_LIMITS))
+    with pytest.raises(ops.InputError, match="fcos_assign on the triton backend.*native"):
+        fcos_assign.launch_config(2**24, 2**20, 10, torch.float32)
+    with pytest.raises(ops.InputError, match="per_class_topk on the triton backend.*int32"):
+        per_class_topk.segment_launch_config(2**31, 2, 256, torch.float32)
+
+
+@pytest.mark.slow
+def test_giou_loss_addresses_pairs_past_2_29():
+    """Row offsets in int64 (issue 17: 4 * row in int32 wrapped from 2^29 pairs and read
+    outside the tensors). In a subprocess: before the fix it crashed."""
+    if torch.cuda.is_available():
+        pytest.skip("runs the interpreter, in a process of its own")
+    script = os.path.join(os.path.dirname(__file__), "_giou_past_int32.py")
+    result = subprocess.run([sys.executable, script], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "equal to the reference" in result.stdout
+
+
+def _strided(t: torch.Tensor) -> torch.Tensor:
+    """The same values in a non-contiguous layout: every other element of a larger tensor."""
+    wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype) if t.dim() else t
+    if t.dim() == 0:
+        return t
+    wide[..., ::2] = t
+    strided = wide[..., ::2]
+    assert torch.equal(strided, t) and not strided.is_contiguous()
+    return strided
+
+
+def _direct_calls():
+    """``(op, args)`` of every Triton op, small, for torch.ops.fcos_fast.<op>_triton."""
+    boxes, scores, idxs = _nms_case(0, 70)
+    pred, target = (t.float() for t in _giou_pairs(0, 30))
+    padded = (boxes.view(7, 10, 4), scores.view(7, 10), torch.tensor([10, 3, 0, 10, 7, 1, 9]),
+              0.5, idxs.view(7, 10))
+    return [("nms", (boxes, scores, 0.5)), ("batched_nms", (boxes, scores, idxs, 0.5)),
+            ("giou_loss", (pred, target, "none", 1e-7)),
+            ("giou_loss_backward", (torch.rand(30), pred, target, "none", 1e-7)),
+            ("fcos_assign", _assign_case(0, 2, 6, (24, 24))),
+            ("per_class_topk", (_topk_scores(0, 40, 3, ties=False), 5, 0.1)),
+            ("per_class_topk_padded", (_topk_scores(0, 40, 3, ties=False), 5, 0.1)),
+            ("batched_nms_padded", padded)]
+
+
+@pytest.mark.parametrize("op,args", _direct_calls(), ids=lambda value: (
+    value if isinstance(value, str) else ""))
+def test_triton_ops_called_directly_with_non_contiguous_tensors(op, args):
+    """``torch.ops.fcos_fast.<op>_triton`` bypasses the public op's argument handling: the
+    launcher must make its inputs contiguous, as the native ops do (issue 17: it indexed
+    them as if they were)."""
+    if "triton" not in ops.available_backends("cpu"):
+        pytest.skip("needs the Triton interpreter")
+    function = getattr(torch.ops.fcos_fast, f"{op}_triton")
+    strided = [_strided(a) if isinstance(a, torch.Tensor) else a for a in args]
+    expected = function(*args)
+    got = function(*strided)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = got if isinstance(got, tuple) else (got,)
+    for g, e in zip(got, expected, strict=True):
+        assert torch.equal(g, e)
 
 
 # ---------------------------------------------------------------- device

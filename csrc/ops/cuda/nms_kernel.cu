@@ -30,16 +30,19 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/abs.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/index_select.h>
+#include <ATen/ops/isnan.h>
 #include <ATen/ops/masked_select.h>
 #include <ATen/ops/searchsorted.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/stack.h>
+#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -229,8 +232,12 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores,
               n);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
+  // Every NaN made positive first: CUDA's sort is a radix sort of the bit patterns, which
+  // ranks a NaN with the sign bit set below -inf; torch.sort on the CPU (the reference,
+  // and ops/score_key.h) puts every NaN first.
+  const at::Tensor positive_nan = at::where(scores.isnan(), scores.abs(), scores);
   const at::Tensor order =
-      std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/0, /*descending=*/true));
+      std::get<1>(at::sort(positive_nan, /*stable=*/true, /*dim=*/0, /*descending=*/true));
   at::Tensor sweep_order = order, rank_of;
   Layout layout;
   if (idxs.defined()) {
