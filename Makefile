@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 EXTENSION := $(VENV)/.extension-built
-CSRC := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
+CSRC := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 export MAX_JOBS ?= 2
 
 .PHONY: demo test test-fast bench gpu-check clean

@@ -20,6 +20,13 @@ from setuptools import find_packages, setup
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
 
+#: The GPUs a build without a visible GPU is for: machine code for the T4 (sm_75, the
+#: seed's GPU), A100 (sm_80), A10/RTX 30xx (sm_86; sm_80 code would run there too, and
+#: the L4/RTX 40xx, sm_89, run the sm_86 code) and H100/H200 (sm_90), and PTX of sm_90
+#: that the driver compiles for anything newer (Blackwell). CUDA 13 builds nothing older
+#: than sm_75. tests/test_package.py checks the built extension with cuobjdump.
+DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;9.0+PTX"
+
 
 def _real_cuda_home() -> str | None:
     """The toolkit root that nvcc really lives in.
@@ -92,8 +99,8 @@ def _extensions():
 
         cpp_ext.CUDA_HOME = cuda_home
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            # No GPU to ask: build for A100 and H100.
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+            # No GPU to ask (CI, a wheel): DEFAULT_CUDA_ARCHS (with a GPU, torch builds for it).
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
         include_dirs += _nvidia_include_dirs()
         define_macros.append(("WITH_CUDA", None))
         extension = CUDAExtension(

@@ -70,3 +70,41 @@ def test_the_wheel_holds_every_module_the_kernels_and_the_configs(tmp_path):
     assert built == expected
     assert {"fcos_fast/kernels/nms.py", "fcos_fast/configs/voc_r18.yaml",
             "fcos_fast/data/download.py"} <= built
+
+
+def _cuobjdump() -> str | None:
+    """The cuobjdump on PATH, or the one Triton ships."""
+    import triton
+
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return shutil.which("cuobjdump") or (str(bundled) if bundled.is_file() else None)
+
+
+def test_a_build_without_a_gpu_runs_on_every_default_gpu():
+    """Built where no GPU is visible (CI, a wheel), every CUDA source of fcos_fast._C holds
+    machine code for sm_75 (T4), sm_80, sm_86 and sm_90, and sm_90 PTX that the driver
+    compiles for newer GPUs (issue 17: 8.0;9.0 only, no PTX: "no kernel image is
+    available" on the seed's T4 and on anything past Hopper)."""
+    import pytest
+    import torch
+
+    from fcos_fast import _extension
+
+    if not _extension.native_has_kernel("nms", "cuda"):
+        pytest.skip("fcos_fast._C was built without CUDA kernels")
+    if torch.cuda.is_available() or os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        pytest.skip("built for the visible GPU or for TORCH_CUDA_ARCH_LIST, not the default")
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump")
+    library = next(Path(_extension.__file__).parent.glob("_C*.so"))
+    listing = subprocess.run([tool, "--list-elf", "--list-ptx", str(library)],
+                             capture_output=True, text=True, timeout=120).stdout
+    found: dict[str, set[str]] = {}
+    for kind, name in (line.split(":", 1) for line in listing.splitlines() if ":" in line):
+        source, arch, _ = name.strip().rsplit(".", 2)
+        found.setdefault(source, set()).add(("ptx " if "PTX" in kind else "") + arch)
+    sources = {path.stem for path in (ROOT / "csrc" / "ops" / "cuda").glob("*.cu")}
+    assert set(found) == sources
+    for source, archs in found.items():
+        assert archs == {"sm_75", "sm_80", "sm_86", "sm_90", "ptx sm_90"}, (source, archs)
