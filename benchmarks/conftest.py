@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.harness import Results, bench_device, run_benchmark
+from benchmarks.harness import Results, bench_device, rehearsing, run_benchmark
 from benchmarks.memory import cpu_peak_supported, peak_extra_bytes
 from fcos_fast import ops
 
@@ -56,6 +56,20 @@ def _measure_pending_memory() -> None:
         peak = min(peak_extra_bytes(fn, device) for _ in range(2)) / 2**20
         _RESULTS.add(metric="peak_memory", unit="MB", median=peak, **key)
     _PENDING_MEMORY.clear()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Rehearsing, each benchmark function runs at its first parameters only."""
+    if not rehearsing():
+        return
+    seen, kept = set(), []
+    for item in items:
+        function = (item.module.__name__, item.originalname)
+        if function not in seen:
+            seen.add(function)
+            kept.append(item)
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
 
 
 def pytest_sessionfinish(session, exitstatus):

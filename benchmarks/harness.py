@@ -70,6 +70,11 @@ def quantiles(samples_s: list[float]) -> tuple[float, float, float]:
     return float(q[0]), float(q[1]), float(q[2])
 
 
+def rehearsing() -> bool:
+    """``benchmarks.run --rehearse``: every benchmark once, at its first size, one round."""
+    return os.environ.get("FCOS_FAST_BENCH_REHEARSE") == "1"
+
+
 def run_benchmark(benchmark, fn: Callable[[], object], device: torch.device, *,
                   budget_s: float | None = None,
                   max_rounds: int = 50) -> tuple[float, float, float]:
@@ -91,6 +96,8 @@ def run_benchmark(benchmark, fn: Callable[[], object], device: torch.device, *,
     timed()  # warm-up: compilation, autotuning, allocator
     once = max(time.perf_counter() - start, 1e-6)
     rounds = int(min(max_rounds, max(3, budget_s / once)))
+    if rehearsing():
+        rounds = 1
     benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=1)
     return quantiles(list(benchmark.stats.stats.data))
 
