@@ -201,20 +201,20 @@ def test_outputs_are_on_the_input_device(model):
 
 
 @pytest.mark.cuda
-def test_switch_devices():
+def test_switch_devices(gpu):
     """test_fasterrcnn_switch_devices, for FCOS: CUDA, CUDA autocast, input backprop, then
-    back to the CPU."""
+    back to the CPU (rehearsed on the CPU alone)."""
     torch.manual_seed(0)
     model = FCOS(50, "resnet18", min_size=SIZE, max_size=SIZE, score_thresh=0.05)
-    model.cuda()
+    model.to(gpu.device)
     model.eval()
-    x = torch.rand(3, 300, 300, device="cuda")
+    x = torch.rand(3, 300, 300, device=gpu.device)
     model_input = [x]
     out = model(model_input)
     assert model_input[0] is x
     _check_out(out)
-    assert all(t.device.type == "cuda" for t in out[0].values())
-    with torch.autocast("cuda"):
+    assert all(t.device == gpu.device for t in out[0].values())
+    with torch.autocast(gpu.device.type):
         out = model(model_input)
     _check_out(out)
     _check_input_backprop(model, model_input)
