@@ -21,6 +21,7 @@ sys.path.remove(str(ROOT / "scripts"))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.skipif(gpu_check.shutil.which("nvidia-smi") is not None and
                     __import__("torch").cuda.is_available(),
                     reason="on a GPU machine the check itself runs")

@@ -191,6 +191,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # about 5 minutes alone on 2 cores; far longer beside other work
 def test_default_run_meets_the_acceptance(tmp_path):
     """The issue's acceptance on quality: the default experiment, with no arguments, reaches
     mAP@0.5 >= 0.8 on the synthetic held-out split.

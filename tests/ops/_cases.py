@@ -23,6 +23,16 @@ def backend_matrix(include_reference: bool = True):
     return params
 
 
+def why_not(backend: str, device: str) -> str:
+    """Why ``backend`` cannot run on ``device``, in its own words (for skip reasons)."""
+    from fcos_fast.ops._dispatch import BACKENDS, OP_NAMES
+
+    reasons = sorted({reason for op in OP_NAMES
+                      for reason in BACKENDS[backend].not_supported_reasons(
+                          op, torch.device(device))})
+    return "; ".join(reasons) or f"{backend} runs on {device}"
+
+
 def interpreted(backend: str, device: str) -> bool:
     """Triton on CPU runs in the (slow) interpreter: such cases are kept small."""
     return backend == "triton" and device == "cpu"

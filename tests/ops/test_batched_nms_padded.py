@@ -373,7 +373,8 @@ def test_compiles_fullgraph_with_static_shapes(backend, device):
         assert torch.equal(got, expected)
 
 
-@pytest.mark.skipif(not _extension.NATIVE_AVAILABLE, reason="fcos_fast._C is not built")
+@pytest.mark.skipif(not _extension.NATIVE_AVAILABLE,
+                    reason=_extension.NATIVE_ERROR or "fcos_fast._C has no CPU kernels")
 def test_exports_and_compiles_with_inductor():
     boxes, scores, counts, idxs = _segments(10, 4, 30, categories=3)
 

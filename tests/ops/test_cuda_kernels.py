@@ -290,7 +290,7 @@ def _expected_layout(lengths) -> torch.Tensor:
 
 
 @pytest.mark.skipif(not _extension.native_has_kernel("nms", "cpu"),
-                    reason="fcos_fast._C is not built")
+                    reason=_extension.NATIVE_ERROR or "fcos_fast._C has no CPU kernels")
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
 def test_nms_segment_layout_is_the_per_segment_formula(device, gpu):
     """The table the CUDA batched_nms sizes and indexes its mask with: segment s owns

@@ -19,8 +19,9 @@ from fcos_fast.ops.reference import giou_loss as ref_giou
 from fcos_fast.ops.reference import nms as ref_nms
 from fcos_fast.ops.reference import per_class_topk as ref_topk
 
-pytestmark = pytest.mark.skipif(not _extension.native_has_kernel("nms", "cpu"),
-                                reason="fcos_fast._C is not built")
+pytestmark = pytest.mark.skipif(
+    not _extension.native_has_kernel("nms", "cpu"),
+    reason=_extension.NATIVE_ERROR or "fcos_fast._C has no CPU kernels")
 C = torch.ops.fcos_fast
 DTYPES = [torch.float32, torch.float64]
 

@@ -165,7 +165,8 @@ def test_compiles_fullgraph_with_static_shapes(backend, device):
         assert torch.equal(got, expected)
 
 
-@pytest.mark.skipif(not _extension.NATIVE_AVAILABLE, reason="fcos_fast._C is not built")
+@pytest.mark.skipif(not _extension.NATIVE_AVAILABLE,
+                    reason=_extension.NATIVE_ERROR or "fcos_fast._C has no CPU kernels")
 def test_exports_with_a_symbolic_number_of_points():
     """The fake gives [C, min(k, N)]: with N dynamic, K follows it."""
 

@@ -27,6 +27,9 @@ pytest.importorskip("triton")
 from fcos_fast.kernels import ahead_of_time, fcos_assign, giou_loss, nms, per_class_topk  # noqa: E402
 
 CASES = ahead_of_time.cases()
+# The first test waits for the session's compile of every launch: minutes when Triton's
+# cache is cold on two busy cores (26 measured under load), seconds after.
+pytestmark = pytest.mark.timeout(3600)
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +37,7 @@ def compiled(tmp_path_factory) -> dict:
     output = tmp_path_factory.mktemp("triton_compile") / "launches.json"
     env = {**os.environ, "TRITON_INTERPRET": "0"}  # compile the kernels, do not interpret
     done = subprocess.run([sys.executable, "-m", "fcos_fast.kernels.ahead_of_time", str(output)],
-                          env=env, capture_output=True, text=True)
+                          env=env, capture_output=True, text=True, timeout=3500)
     assert done.returncode == 0, done.stderr[-5000:]
     return json.loads(output.read_text())
 

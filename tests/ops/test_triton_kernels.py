@@ -31,12 +31,12 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from fcos_fast import ops  # noqa: E402
-from tests.ops._cases import clustered_boxes, fcos_points, padded_gt, random_boxes  # noqa: E402
+from tests.ops._cases import (clustered_boxes, fcos_points, padded_gt, random_boxes,  # noqa: E402
+                              why_not)
 
 DEVICES = [
     pytest.param("cpu", id="interpreted", marks=pytest.mark.skipif(
-        "triton" not in ops.available_backends("cpu"),
-        reason="Triton on CPU needs TRITON_INTERPRET=1 before triton is imported")),
+        "triton" not in ops.available_backends("cpu"), reason=why_not("triton", "cpu"))),
     pytest.param("cuda", marks=pytest.mark.cuda),
 ]
 
