@@ -140,9 +140,11 @@ setup(
     package_data={"fcos_fast": ["configs/*.yaml"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
+    # Tested from torch 2.11 / torchvision 0.26 / triton 3.6 (the oldest end: `make test`
+    # runs the op, model and export tests there too) to the pinned 2.14.1 / 0.29.1 / 3.8.
     install_requires=[
-        "torch",
-        "torchvision",
+        "torch>=2.11",
+        "torchvision>=0.26",
         "numpy",
         "pyyaml",
         "tqdm",

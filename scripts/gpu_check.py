@@ -389,7 +389,8 @@ def classify_sanitizer_log(log: str, status: int | None, ours: list[str]) -> Out
     if SANITIZER_UNAVAILABLE.search(log):
         return Outcome(UNAVAILABLE, SANITIZER_UNAVAILABLE.search(log).group(0))
     mine, others = sanitizer_findings(log, ours)
-    elsewhere = f"; {len(others)} outside fcos_fast (not ours), first: {others[0]}" if others else ""
+    elsewhere = (f"; {len(others)} outside fcos_fast (not ours), first: {others[0]}"
+                 if others else "")
     if mine:
         return Outcome(FAILED, f"{len(mine)} in fcos_fast's kernels, first: {mine[0]}{elsewhere}")
     if status is None:
