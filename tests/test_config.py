@@ -85,8 +85,12 @@ def test_voc_r18_is_the_seed_baseline():
 def test_voc_r18_long_changes_only_epochs_and_lr():
     base, long = load_config("voc_r18.yaml").to_dict(), load_config("voc_r18_long.yaml").to_dict()
     changed = {key for key in base["solver"] if base["solver"][key] != long["solver"][key]}
-    assert changed == {"max_epochs", "base_lr", "steps_epochs"}
+    # The steps are fractions of the run (the same), the warm-up the same 500 iterations,
+    # a smaller fraction of the longer run.
+    assert changed == {"max_epochs", "base_lr", "warmup_fraction"}
     assert (long["solver"]["max_epochs"], long["solver"]["base_lr"]) == (50, 8e-4)
+    for name in ("voc_r18.yaml", "voc_r18_long.yaml"):
+        assert load_config(name).solver.in_iterations(5011).warmup_iters == 500
     assert {k: v for k, v in base.items() if k != "solver" and k != "train"} == \
         {k: v for k, v in long.items() if k != "solver" and k != "train"}
 
@@ -104,11 +108,14 @@ def test_coco_r50_1x_is_the_standard_schedule():
     config, data, inputs, model, solver = _recipe("coco_r50_1x.yaml")
     assert (model.backbone, model.backbone_weights) == ("resnet50", "IMAGENET1K_V1")
     assert (solver.max_iters, solver.batch_size, solver.base_lr) == (90000, 16, 0.01)
-    assert solver.steps == [60000, 80000] and solver.warmup_iters == 500
+    # Steps and warm-up are fractions of the run (so that --set solver.max_iters keeps
+    # their place): at 90k iterations they are the 1x schedule's.
+    in_iterations = solver.in_iterations()  # no epochs: the dataset's size is not needed
+    assert in_iterations.steps == [60000, 80000] and in_iterations.warmup_iters == 500
     assert inputs.min_size_train == [800] and inputs.max_size_train == 1333
     assert (inputs.min_size_test, inputs.max_size_test) == (800, 1333)
     assert model.fpn_channels == 256 and model.candidates == "per_level"
-    assert solver.in_iterations(117266) == solver  # already in iterations
+    assert solver.in_iterations(117266) == in_iterations  # no unit depends on the data
 
 
 def test_epochs_become_iterations():
@@ -152,8 +159,10 @@ def test_an_override_replaces_the_other_unit(tmp_path):
     """``--set solver.max_iters=100`` on a config written in epochs means 100 iterations."""
     short = load_config("voc_r18.yaml", ["solver.max_iters=100", "solver.steps=[60, 80]"])
     assert (short.solver.max_iters, short.solver.max_epochs) == (100, None)
-    assert (short.solver.steps, short.solver.steps_epochs) == ([60, 80], [])
-    assert short.solver.warmup_iters == 500  # untouched
+    assert (short.solver.steps, short.solver.steps_epochs, short.solver.steps_fraction) == \
+        ([60, 80], [], [])
+    assert short.solver.warmup_fraction == 0.1597  # untouched: 16 of the 100 iterations
+    assert short.solver.in_iterations().warmup_iters == 16
     epochs = load_config(None, ["solver.max_epochs=2"])  # synthetic.yaml is in iterations
     assert (epochs.solver.max_iters, epochs.solver.max_epochs) == (None, 2)
     # Clearing a field does not clear its partner; a file with both is an error.
