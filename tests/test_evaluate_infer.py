@@ -48,21 +48,23 @@ def test_infer_on_files_and_folders(run, tmp_path):
     for index, path in enumerate(source[:2]):
         Image.open(path).save(images / f"picture{index}.jpg")
     out = tmp_path / "out"
+    # The per-image records (the default is the COCO results format, tested in
+    # tests/test_own_data.py); their detections name the category id, not a 0-based label.
     assert infer.main([str(images), str(source[2]), "--checkpoint", str(run / "checkpoint.pt"),
-                       "--out", str(out), "--score-thresh", "0.0"]) == 0
+                       "--out", str(out), "--score-thresh", "0.0", "--format", "per-image"]) == 0
     records = json.loads((out / "detections.json").read_text())
     assert [r["picture"] for r in records] == ["picture0.png", "picture1.png", "000002.png"]
     for record in records:
         assert Image.open(out / record["picture"]).size == (384, 384)  # enlarged 64 -> 384
         assert record["width"] == record["height"] == 64
         for detection in record["detections"]:
-            assert set(detection) == {"box", "score", "label", "class_name"}
+            assert set(detection) == {"box", "score", "category_id", "class_name"}
             assert detection["score"] > 0.0
 
 
 def test_infer_on_a_split(run, tmp_path):
     assert infer.main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path),
-                       "--num-images", "3", "--scale", "1"]) == 0
+                       "--num-images", "3", "--scale", "1", "--format", "per-image"]) == 0
     records = json.loads((tmp_path / "detections.json").read_text())
     assert len(records) == 3 and Image.open(tmp_path / records[0]["picture"]).size == (64, 64)
 

@@ -32,7 +32,7 @@ def test_short_run_writes_everything(tmp_path):
     assert set(metrics["per_class_AP"]) == {"circle", "square", "triangle"}
     assert metrics["iteration"] == 6 and metrics["num_images"] == 4
     assert sorted(_losses(out)) == [1, 2, 3, 4, 5, 6]
-    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((out / "tensorboard").glob("run-*/events.out.tfevents.*"))  # a run of its own
     assert (out / "config.yaml").is_file() and (out / "log.txt").is_file()
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["iteration"] == 6 and state["class_names"] == ["circle", "square", "triangle"]
