@@ -118,15 +118,17 @@ class TimeBudget(HookBase):
         evaluation = measured if measured is not None else self.eval_steps * step
         left = (self.max_seconds - (time.time() - self.started_at) - self.reserve_seconds
                 - evaluation)
-        fits = iteration + math.floor(left / step)
         period = self.evaluation.period if self.evaluation is not None else 0
-        if period > 0:
-            # Periodic evaluations before the end (counted up to the end that fits without
-            # them, an upper bound: the plan errs short).
-            end = min(fits, self.trainer.max_iter)
-            periodic = max(0, (end - 1) // period - iteration // period)
-            fits = iteration + math.floor((left - periodic * evaluation) / step)
-        return fits
+
+        def cost(end: int) -> float:  # of the steps to ``end`` and the evaluations among them
+            periodic = max(0, (end - 1) // period - iteration // period) if period > 0 else 0
+            return (end - iteration) * step + periodic * evaluation
+
+        low, high = iteration, iteration + max(0, math.floor(left / step))
+        while low < high:  # the last end whose cost fits (cost grows with the end)
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if cost(middle) <= left else (low, middle - 1)
+        return low
 
 
 class Checkpointer:

@@ -126,3 +126,30 @@ def test_time_budget_already_spent_stops_at_once(caplog):
         trainer.train()
     assert trainer.iter == 1 and trainer.stop_requested
     assert "time budget" in caplog.text
+
+
+class SlowEvaluation(HookBase):
+    """Stands in for ``EvalHook``: every ``period`` steps an evaluation of ``seconds``."""
+
+    def __init__(self, period, seconds):
+        self.period, self.seconds, self.last_seconds, self.runs = period, seconds, None, 0
+
+    def after_step(self):
+        if self.trainer.iter % self.period == 0 and self.trainer.iter < self.trainer.max_iter:
+            time.sleep(self.seconds)
+            self.last_seconds, self.runs = self.seconds, self.runs + 1
+
+
+def test_time_budget_pays_for_the_periodic_evaluations():
+    """Steps of 20 ms and an evaluation of 0.3 s every 10: a 2 s budget holds about 40
+    steps. Counting the steps alone it would plan 100, whose evaluations take 3 s more."""
+    schedule = WarmupSchedule(10_000, "cosine")
+    trainer = _trainer(Toy(), 10_000)
+    evaluation = SlowEvaluation(10, 0.3)
+    budget = TimeBudget(2.0, time.time(), schedule, reserve_seconds=0.0, check_period=2,
+                        warmup_steps=2, evaluation=evaluation)
+    trainer.register_hooks([Slow(), budget, evaluation])
+    start = time.time()
+    trainer.train()
+    assert time.time() - start < 2.0 + 0.5, (trainer.iter, evaluation.runs)
+    assert evaluation.runs >= 1 and trainer.iter == trainer.max_iter < 80
