@@ -175,3 +175,65 @@ def test_an_override_replaces_the_other_unit(tmp_path):
     # The same rule for a checkpoint's stored config (evaluate/infer --set).
     stored = load_config("voc_r18.yaml").to_dict()
     assert from_dict(apply_overrides(stored, {"solver": {"max_iters": 7}})).solver.max_iters == 7
+
+
+def test_the_default_run_evaluates_during_training():
+    train, solver = load_config().train, load_config().solver
+    assert 0 < train.eval_period and solver.max_iters // train.eval_period >= 2
+
+
+def test_a_recipe_made_longer_on_a_small_set_keeps_its_shape():
+    """The issue's case: coco_r18.yaml at 50 epochs of 44 images is 138 iterations; its
+    steps stay at 70% and 90% of them, after a warm-up as short as the run is."""
+    solver = load_config("coco_r18.yaml", ["solver.max_epochs=50"]).solver.in_iterations(44)
+    assert (solver.max_iters, solver.steps, solver.warmup_iters) == (138, [97, 124], 2)
+    short = load_config("voc_r18.yaml", ["solver.max_iters=200"]).solver.in_iterations(5011)
+    assert (short.steps, short.warmup_iters) == ([140, 180], 32)
+
+
+@pytest.mark.parametrize("solver, message", [
+    ({"max_iters": 138, "warmup_iters": 500},
+     "the warm-up (solver.warmup_iters 500: 500 iterations) is at least as long as the run of "
+     "138 iterations"),
+    ({"max_epochs": 2, "warmup_epochs": 2, "batch_size": 4},
+     "the warm-up (solver.warmup_epochs 2.0: 6 iterations) is at least as long as the run of 6"),
+    ({"max_iters": 138, "steps": [8, 10], "warmup_iters": 20},
+     "LR steps at iterations [8, 10] (solver.steps [8, 10]) fall at or before the end of the "
+     "warm-up (iteration 20)"),
+    ({"max_iters": 1000, "steps": [60000, 80000]},
+     "LR steps at iterations [60000, 80000] (solver.steps [60000, 80000]) lie at or past the end "
+     "of the run of 1000 iterations"),
+    ({"max_epochs": 2, "steps_epochs": [1, 2], "batch_size": 4},
+     "(solver.steps_epochs [1.0, 2.0]) lie at or past the end"),
+])
+def test_schedules_that_cannot_work_are_refused(solver, message):
+    with pytest.raises(ConfigError) as error:
+        from_dict({"solver": solver}).solver.in_iterations(12)
+    assert message in str(error.value)
+
+
+def test_cosine_ignores_steps_and_fractions_scale():
+    assert from_dict({"solver": {"max_iters": 10, "lr_schedule": "cosine", "steps": [50]}}
+                     ).solver.in_iterations().steps == [50]  # unused by cosine: not refused
+    solver = from_dict({"solver": {"max_iters": 200, "steps_fraction": [0.5, 0.75],
+                                   "warmup_fraction": 0.1}}).solver
+    assert (solver.in_iterations().steps, solver.in_iterations().warmup_iters) == ([100, 150], 20)
+    with pytest.raises(ConfigError, match="steps_fraction must be fractions of the run"):
+        from_dict({"solver": {"steps_fraction": [0.5, 1.5]}})
+    # --set solver.warmup_iters=0 turns off a warm-up the file gives as a fraction.
+    assert load_config(None, ["solver.warmup_iters=0"]).solver.in_iterations().warmup_iters == 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.fpn_channels=100", "model.fpn_channels must be a positive multiple of 32"),
+    ("model.trainable_backbone_layers=7", "model.trainable_backbone_layers must be in [0, 5]"),
+    ("input.min_size_train=[0]", "input.min_size_train must be positive sizes"),
+    ("model.score_thresh=1.5", "model.score_thresh must be in [0, 1)"),
+    ("train.eval_batch_size=0", "train.eval_batch_size must be at least 1"),
+    ("data.num_workers=-1", "data.num_workers must be >= 0"),
+    ("solver.amp=bf15", "solver.amp must be one of auto, bf16, fp16, fp32, got 'bf15'"),
+])
+def test_values_that_would_fail_later_are_refused_at_load(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert message in str(error.value)
