@@ -69,6 +69,46 @@ def test_infer_on_a_split(run, tmp_path):
     assert len(records) == 3 and Image.open(tmp_path / records[0]["picture"]).size == (64, 64)
 
 
+def test_infer_skips_an_unreadable_file_and_lists_it(run, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    good = next(run.parent.glob("synthetic/*/val/*.png"))
+    (images / "a.png").write_bytes(good.read_bytes())
+    (images / "b.jpg").write_bytes(b"\xff\xd8 this is no jpeg")
+    (images / "c.png").write_bytes(good.read_bytes())
+    out = tmp_path / "out"
+    assert infer.main([str(images), "--checkpoint", str(run / "checkpoint.pt"), "--out",
+                       str(out), "--format", "per-image"]) == 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[0].startswith(f"warning: skipped {images / 'b.jpg'}: cannot read image")
+    assert error[-1] == f"warning: 1 unreadable file(s) skipped: {images / 'b.jpg'}"
+    records = json.loads((out / "detections.json").read_text())
+    assert [r["picture"] for r in records] == ["a.png", "c.png"]
+    assert [r["image_id"] for r in records] == [1, 3]  # positions among the inputs
+
+
+def test_infer_searches_subfolders_when_asked(run, tmp_path, capsys):
+    (tmp_path / "images" / "day").mkdir(parents=True)
+    good = next(run.parent.glob("synthetic/*/val/*.png"))
+    (tmp_path / "images" / "day" / "grid.png").write_bytes(good.read_bytes())
+    arguments = [str(tmp_path / "images"), "--checkpoint", str(run / "checkpoint.pt"),
+                 "--out", str(tmp_path / "out")]
+    assert infer.main(arguments) == 2
+    assert "--recursive searches subfolders too" in capsys.readouterr().err
+    assert infer.main([*arguments, "--recursive", "--format", "per-image"]) == 0
+    (record,) = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert record["picture"] == "0000_grid.png"  # not the run's own grid.png
+    assert record["file_name"] == str(tmp_path / "images" / "day" / "grid.png")
+
+
+def test_infer_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        infer.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 0.3)", "(default: coco)", "(default: 8)"):
+        assert default in text
+
+
 def test_infer_missing_input(run, tmp_path, capsys):
     assert infer.main([str(tmp_path / "nope.jpg"), "--checkpoint", str(run / "checkpoint.pt"),
                        "--out", str(tmp_path)]) == 2
