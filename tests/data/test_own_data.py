@@ -104,6 +104,14 @@ def test_voc_unknown_classes_say_which_and_how_to_name_them(tmp_path):
     assert "20 Pascal VOC classes" in message and "\n" not in message
 
 
+def test_voc_image_file_is_the_one_its_xml_names(tmp_path):
+    """A camera's upper-case ``.JPG``: found through ``<filename>``."""
+    root = write_voc(tmp_path / "voc", suffix=".JPG", splits={"train": range(2)})
+    dataset = VOCDetection.from_paths(root / "JPEGImages", root / "Annotations",
+                                      classes=["disc", "ring"])
+    assert dataset.image_path(0).name == "000000.JPG" and dataset[0][0].shape == (3, 60, 80)
+
+
 def test_voc_xml_naming_no_file_falls_back_to_the_id(tmp_path):
     root = write_voc(tmp_path / "voc", suffix=".jpg", splits={"train": range(2)})
     xml = root / "Annotations" / "000000.xml"

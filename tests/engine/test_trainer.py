@@ -153,3 +153,16 @@ def test_time_budget_pays_for_the_periodic_evaluations():
     trainer.train()
     assert time.time() - start < 2.0 + 0.5, (trainer.iter, evaluation.runs)
     assert evaluation.runs >= 1 and trainer.iter == trainer.max_iter < 80
+
+
+def test_time_budget_plans_the_end_with_the_evaluations_before_it():
+    """At iteration 10 with 1.7 s left after the final evaluation (0.3 s): steps of 20 ms
+    and an evaluation every 10 steps end at iteration 50 (40 steps, 3 evaluations: 0.8 +
+    0.9 s); counting the steps alone would plan 95."""
+    evaluation = SlowEvaluation(10, 0.3)
+    evaluation.last_seconds = 0.3
+    budget = TimeBudget(2.0, time.time(), WarmupSchedule(10_000), reserve_seconds=0.0,
+                        evaluation=evaluation)
+    budget.trainer = _trainer(Toy(), 10_000)
+    budget.trainer.iter = 10
+    assert budget._iterations_that_fit(0.02) in (49, 50)  # 49: the clock moved meanwhile
