@@ -338,6 +338,8 @@ class SolverConfig:
                               "solver.max_epochs")
         if self.needs_dataset_size() and num_images is None:
             raise ValueError("a schedule given in epochs needs the number of training images")
+        if self.needs_dataset_size() and num_images < 1:
+            raise ConfigError("cannot count epochs of an empty training set")
         per_epoch = (num_images or 0) / self.batch_size
         max_iters = self.max_iters
         if max_iters is None:

@@ -51,7 +51,7 @@ def test_a_backend_the_device_cannot_run(tmp_path):
     result = run_entry_point("train", "--out", "run", cwd=tmp_path,
                              env={"FCOS_FAST_BACKEND": "cuda"})
     assert_one_error_line(result, "FCOS_FAST_BACKEND must be one of reference, native, triton")
-    assert not list((tmp_path / "run").glob("checkpoint*"))
+    assert not (tmp_path / "run").exists()  # before anything was made
 
 
 @pytest.mark.parametrize("change, parameter", [

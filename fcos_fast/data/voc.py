@@ -159,6 +159,9 @@ class VOCDetection(DetectionDataset):
         for path in (images, annotations):
             if not path.exists():
                 raise DatasetError(f"{path} does not exist")
+        if annotations.suffix.lower() == ".json":
+            raise DatasetError(f"{annotations} is a JSON file, not VOC XML: for COCO-format "
+                               f"annotations set data.dataset: coco")
         if annotations.is_dir():
             file_ids = sorted(p.stem for p in annotations.iterdir()
                               if p.suffix.lower() == ".xml" and not p.name.startswith("."))

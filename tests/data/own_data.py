@@ -112,12 +112,15 @@ def write_roboflow(root: Path, num_train: int = 8, num_val: int = 4) -> Path:
 UNUSED_CATEGORY = (50, "bird")
 
 
-def write_cvat(root: Path, num_images: int = 8, start: int = 0) -> Path:
+def write_cvat(root: Path, num_images: int = 8, start: int = 0, *,
+               subset_folder: bool = False) -> Path:
     """CVAT's "COCO 1.0" export of one task: ``annotations/instances_default.json`` and
     ``images/``, file names with the subfolders of the uploaded archive; the task's third
-    label ``UNUSED_CATEGORY`` has no box. Returns ``root``."""
+    label ``UNUSED_CATEGORY`` has no box. ``subset_folder``: the images in
+    ``images/default/`` as newer CVAT versions write them. Returns ``root``."""
     names = [f"{'day' if i % 2 else 'night'}/frame_{i:06d}" for i in range(num_images)]
-    records = _records(root / "images", names, start, empty_at=2)
+    images = root / "images" / "default" if subset_folder else root / "images"
+    records = _records(images, names, start, empty_at=2)
     categories = [{"id": i, "name": n, "supercategory": ""}
                   for i, n in (*CATEGORIES, UNUSED_CATEGORY)]
     data = coco_json(records, categories, category_ids=[i for i, _ in CATEGORIES],

@@ -62,6 +62,24 @@ def test_cvat_file_names_in_subfolders(tmp_path):
     assert len(dataset) == 8 and build_dataset(config, "val").categories == dataset.categories
 
 
+def test_cvat_images_in_a_subset_folder(tmp_path):
+    """Newer CVAT writes ``images/<subset>/`` beside ``instances_<subset>.json``."""
+    root = write_cvat(tmp_path, subset_folder=True)
+    dataset = CocoDetection(root / "images", root / "annotations" / "instances_default.json")
+    assert dataset.image_path(0).parent.parent.name == "default" and dataset[0][0].shape[0] == 3
+
+
+def test_a_format_given_the_other_datasets_files(tmp_path):
+    voc = write_voc(tmp_path / "voc")
+    coco = write_cvat(tmp_path / "cvat")
+    with pytest.raises(DatasetError, match="is a folder, not a COCO-format JSON file .*"
+                                           "data.dataset: voc"):
+        build_dataset(_config("coco", (voc / "JPEGImages", voc / "Annotations")), "train")
+    json_file = coco / "annotations" / "instances_default.json"
+    with pytest.raises(DatasetError, match="is a JSON file, not VOC XML: .* data.dataset: coco"):
+        build_dataset(_config("voc", (coco / "images", json_file)), "train")
+
+
 def test_coco_classes_subset_in_the_order_given(tmp_path):
     root = write_cvat(tmp_path)
     files = (root / "images", root / "annotations" / "instances_default.json")
