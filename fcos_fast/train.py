@@ -157,13 +157,14 @@ def _refit_schedule(stored: Config, config: Config, solver: SolverConfig, schedu
                           f"there or before; give a longer run to continue it")
     before = (schedule.max_iters, list(schedule.steps), scheduler.get_last_lr()[0])
     schedule.refit(solver.max_iters, solver.lr_schedule, solver.steps, solver.gamma)
+    # The scheduler sets the LR after each step; the next step's is set here.
     for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
         group["lr"] = base_lr * schedule(start_iter)
-    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
     logger.info("resume: the run of %d iterations (steps %s) is now %d (%s, steps %s) from "
                 "iteration %d on; LR %.3e there (was %.3e); warm-up of %d kept",
                 before[0], before[1], solver.max_iters, solver.lr_schedule, solver.steps,
-                start_iter, scheduler.get_last_lr()[0], before[2], schedule.warmup_iters)
+                start_iter, scheduler.base_lrs[0] * schedule(start_iter), before[2],
+                schedule.warmup_iters)
     return solver.max_iters
 
 
@@ -197,7 +198,9 @@ def run(config: Config, out_dir: str | Path, *, resume: bool = False,
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; name a folder for the run")
-    device = init_distributed(resolve_device(config.train.device))
+    device = resolve_device(config.train.device)
+    check_backend(config, device)
+    device = init_distributed(device)
     threads = torch.get_num_threads()
     try:
         if is_main_process():
@@ -217,7 +220,6 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
     if solver.batch_size % world_size:
         raise ConfigError(f"solver.batch_size ({solver.batch_size}) must be a multiple of the "
                           f"number of processes ({world_size})")
-    check_backend(config, device)
     if config.train.num_threads > 0:
         torch.set_num_threads(config.train.num_threads)
     _seed_everything(config.train.seed)

@@ -137,15 +137,20 @@ def select_categories(data: dict[str, Any], classes: Sequence[str] | None, path:
     return categories
 
 
-def image_base(image_dir: Path, file_names: Sequence[str]) -> Path:
-    """The folder ``file_names`` are relative to: ``image_dir``, or its parent when every
-    name begins with the folder's own name (Label Studio's ``images/<name>`` given with
-    ``image_dir`` = the ``images`` folder)."""
-    prefix = image_dir.name + "/"
-    if (file_names and all(name.startswith(prefix) for name in file_names)
-            and not (image_dir / file_names[0]).exists()
-            and (image_dir.parent / file_names[0]).exists()):
-        return image_dir.parent
+def image_base(image_dir: Path, file_names: Sequence[str], annotation_file: Path) -> Path:
+    """The folder ``file_names`` are relative to: ``image_dir``; else, where the first image
+    is found there, its parent when every name begins with the folder's own name (Label
+    Studio's ``images/<name>`` given with ``image_dir`` = ``images``), or its subfolder
+    named after the subset of an ``instances_<subset>.json`` (CVAT's ``images/<subset>/``)."""
+    candidates = [image_dir]
+    if file_names and all(name.startswith(image_dir.name + "/") for name in file_names):
+        candidates.append(image_dir.parent)
+    if annotation_file.stem.startswith("instances_"):
+        candidates.append(image_dir / annotation_file.stem[len("instances_"):])
+    if file_names:
+        for base in candidates:
+            if (base / file_names[0]).is_file():
+                return base
     return image_dir
 
 
@@ -180,7 +185,7 @@ class CocoDetection(DetectionDataset):
                                    f"{self.annotation_file}. {help}")
         if self.annotation_file.is_dir():
             raise DatasetError(f"{self.annotation_file} is a folder, not a COCO-format JSON "
-                               f"file")
+                               f"file (for a folder of VOC XML files set data.dataset: voc)")
         data = read_json(self.annotation_file)
         validate_coco(data, self.annotation_file)
 
@@ -214,7 +219,7 @@ class CocoDetection(DetectionDataset):
         self.image_ids = [image["id"] for image in images]
         # Tools on Windows may write backslashes.
         self._files = [image["file_name"].replace("\\", "/") for image in images]
-        self.image_dir = image_base(self.image_dir, self._files)
+        self.image_dir = image_base(self.image_dir, self._files, self.annotation_file)
         self._sizes = [(image["height"], image["width"]) for image in images]
         self._objects = [objects[image["id"]] for image in images]
 
