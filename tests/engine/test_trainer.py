@@ -1,6 +1,7 @@
 """The training loop on a toy model: the update, hooks, the non-finite-loss guard, the budget."""
 
 import itertools
+import json
 import logging
 import math
 import time
@@ -166,3 +167,21 @@ def test_time_budget_plans_the_end_with_the_evaluations_before_it():
     budget.trainer = _trainer(Toy(), 10_000)
     budget.trainer.iter = 10
     assert budget._iterations_that_fit(0.02) in (49, 50)  # 49: the clock moved meanwhile
+
+
+def test_a_skipped_steps_nan_loss_is_null_in_the_json_lines(tmp_path):
+    """``metrics.jsonl`` stays strict JSON when a step's loss is NaN (the step skipped)."""
+    from fcos_fast.engine.hooks import MetricsWriter
+
+    trainer = _trainer(Toy(nan_at={0}), 1)
+    writer = MetricsWriter(tmp_path, period=1, progress=False)
+    trainer.register_hooks([writer])
+    trainer.train()
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    record = json.loads(line, parse_constant=refuse)
+    assert record["train/b"] is None and record["train/total_loss"] is None
+    assert record["train/a"] == 3.0 and record["train/skipped_steps"] == 1.0
