@@ -116,6 +116,22 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, extra):
     assert metrics[0]["mAP"] == metrics[1]["mAP"]
 
 
+def test_evaluating_during_training_changes_nothing_in_it(tmp_path):
+    """The default run evaluates every 250 iterations: the trained weights and the losses
+    are those of a run that evaluates only at the end."""
+    runs = {}
+    for period in (0, 2):
+        out = tmp_path / f"every{period}"
+        overrides = tiny_overrides(tmp_path, **{"train.eval_period": period})
+        assert train.main(["--out", str(out), "--no-progress", "--set", *overrides]) == 0
+        runs[period] = out
+    quiet, evaluating = (load_checkpoint(runs[p] / "checkpoint.pt") for p in (0, 2))
+    for key, value in quiet["model"].items():
+        assert torch.equal(value, evaluating["model"][key]), key
+    assert _losses(runs[0]) == _losses(runs[2])
+    assert [i for i, _ in _evaluations(runs[2])] == [2, 4, 6]
+
+
 def test_resume_reads_the_runs_own_config(tmp_path, monkeypatch):
     """``--resume`` with neither ``--config`` nor ``--set`` continues the run of
     ``<out>/config.yaml``, not the default config."""
