@@ -165,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the side-by-side benchmark trains on the synthetic set "
               "(data.dataset: synthetic)", file=sys.stderr)
         return 2
-    iterations = args.iters or (QUICK_ITERS if args.quick else config.solver.max_iters)
-    scale = iterations / config.solver.max_iters
+    planned = config.solver.in_iterations(config.data.synthetic.num_train)
+    iterations = args.iters or (QUICK_ITERS if args.quick else planned.max_iters)
+    scale = iterations / planned.max_iters
     overrides += [f"solver.max_iters={iterations}",
-                  f"solver.warmup_iters={max(1, math.ceil(config.solver.warmup_iters * scale))}",
-                  f"solver.steps={[max(1, round(s * scale)) for s in config.solver.steps]}"]
+                  f"solver.warmup_iters={max(1, math.ceil(planned.warmup_iters * scale))}",
+                  f"solver.steps={[max(1, round(s * scale)) for s in planned.steps]}"]
     if args.quick:
         overrides.append(f"data.synthetic.num_val={QUICK_VAL}")
     config = load_config(args.config, overrides)

@@ -1,9 +1,13 @@
 """Evaluate a checkpoint: ``python -m fcos_fast.evaluate --checkpoint FILE [--config FILE]``.
 
 Prints the pycocotools table and the per-class APs, and writes ``metrics.json`` (``mAP``,
-``mAP50``, ``mAP75``, per-class AP; VOC adds ``voc_mAP50``) into ``--out`` (default: an
+``mAP50``, ``mAP75``, per-class AP, the dataset's categories; VOC adds ``voc_mAP50``;
+strict JSON, ``null`` for an AP without ground truth) into ``--out`` (default: an
 ``eval-<split>`` folder beside the checkpoint). The config stored in the checkpoint is used
 unless ``--config`` is given; ``--set`` overrides either. Runs under ``torchrun`` too.
+
+The checkpoint's classes must be the dataset's, by name and category id, in order: if they
+are not, it stops before any inference, with one line saying which differ.
 
 ``--torchvision-checkpoint FILE`` evaluates a torchvision ``fcos_resnet50_fpn`` state dict
 instead (its published COCO weights: box AP 39.2 on val2017) with the config
@@ -20,7 +24,7 @@ import sys
 from pathlib import Path
 
 from fcos_fast.data import build_dataset
-from fcos_fast.engine.cli import (add_model_arguments, load_model, model_config,
+from fcos_fast.engine.cli import (add_model_arguments, load_detector, model_config,
                                   report_user_errors, resolve_device)
 from fcos_fast.engine.distributed import cleanup, init_distributed, is_main_process
 from fcos_fast.engine.evaluation import evaluate
@@ -45,8 +49,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint or args.torchvision_checkpoint)
     device = init_distributed(resolve_device(config.train.device))
     try:
-        model, config, _ = load_model(args, config, device)
+        model, config, categories = load_detector(args, config, device)
         dataset = build_dataset(config, split)
+        if args.checkpoint is not None:
+            dataset.require_categories(categories, f"checkpoint {checkpoint}")
         if args.torchvision_checkpoint is not None:
             model = CategoryRelabel(model, coco_category_labels(dataset.label_to_category_id,
                                                                 dataset.class_names))

@@ -5,11 +5,19 @@ with the shipped ``synthetic.yaml``, sized to finish within 5 minutes on a 2-cor
 Several processes: ``torchrun --nproc_per_node N -m fcos_fast.train ...`` (DDP; NCCL on
 GPUs, gloo on CPUs).
 
-The output folder receives ``config.yaml``, ``checkpoint.pt`` (written atomically, the
-one it replaces kept as ``checkpoint.previous.pt``; ``--resume`` continues from it exactly,
-or from the previous one if it cannot be read), ``metrics.jsonl`` and ``tensorboard/`` (losses,
-LR, mAP), ``log.txt``, and at the end ``metrics.json`` with the evaluation on the
-validation split.
+The output folder receives ``config.yaml`` (data paths made absolute), ``checkpoint.pt``
+(written atomically, the one it replaces kept as ``checkpoint.previous.pt``),
+``metrics.jsonl`` and ``tensorboard/run-<start time>/`` (losses, LR, mAP), ``log.txt``
+(and the console: losses and LR every ``train.log_period`` iterations), and at the end
+``metrics.json`` with the evaluation on the validation split.
+
+``--resume`` continues the run in ``--out`` exactly where its checkpoint stopped (or from
+the previous checkpoint if that one cannot be read), with the run's own
+``<out>/config.yaml`` unless ``--config`` is given. ``--set solver.max_iters=N`` (or
+``max_epochs``, or the LR steps) makes the resumed run longer or shorter: the schedule is
+re-fitted from the current iteration on, and the log says how. What cannot change on
+resume (the optimizer, LR, batch, warm-up, precision, the network, the classes) is
+refused in one line.
 """
 
 from __future__ import annotations
@@ -27,11 +35,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from fcos_fast.config import DEFAULT_CONFIG, Config, ConfigError, SolverConfig, load_config
-from fcos_fast.data import build_dataset, build_train_transform, train_loader
-from fcos_fast.engine.build import build_model, build_optimizer, build_schedule
-from fcos_fast.engine.checkpoint import previous_path
-from fcos_fast.engine.cli import report_user_errors, resolve_device, setup_logging
+from fcos_fast.config import (DEFAULT_CONFIG, Config, ConfigError, SolverConfig, apply_overrides,
+                              from_dict, load_config, parse_overrides)
+from fcos_fast.data import (DatasetError, build_dataset, build_train_transform, train_loader,
+                            with_absolute_paths)
+from fcos_fast.engine.atomic import write_text
+from fcos_fast.engine.build import (build_model, build_optimizer, build_schedule,
+                                    checkpoint_categories, model_differences)
+from fcos_fast.engine.checkpoint import load_checkpoint_or_previous, previous_path
+from fcos_fast.engine.cli import check_backend, report_user_errors, resolve_device, setup_logging
 from fcos_fast.engine.distributed import (barrier, cleanup, get_rank, get_world_size,
                                           init_distributed, is_distributed, is_main_process)
 from fcos_fast.engine.evaluation import evaluate
@@ -85,13 +97,93 @@ def _trim_log(path: Path, iteration: int) -> None:
     if path.exists():
         lines = [line for line in path.read_text().splitlines()
                  if line and json.loads(line)["iter"] <= iteration]
-        path.write_text("".join(line + "\n" for line in lines))
+        write_text(path, "".join(line + "\n" for line in lines))
+
+
+#: Solver fields a resumed run cannot change: its optimizer state and warm-up were made
+#: with them.
+FIXED_ON_RESUME = ("batch_size", "optimizer", "base_lr", "momentum", "weight_decay",
+                   "warmup_iters", "warmup_epochs", "warmup_fraction", "warmup_factor", "amp")
+
+#: Solver fields that, changed on resume, re-fit the schedule from the current iteration.
+REFIT_ON_RESUME = ("max_iters", "max_epochs", "lr_schedule", "steps", "steps_epochs",
+                   "steps_fraction", "gamma")
+
+
+def run_config(config_file: str | None, overrides: list[str], out_dir: Path, *,
+               resume: bool) -> Config:
+    """The config of a run: ``config_file`` (default: ``DEFAULT_CONFIG``) with
+    ``overrides``; with ``resume`` and no ``config_file``, the run's own
+    ``<out_dir>/config.yaml`` (or the config in its checkpoint) with ``overrides``."""
+    if not resume or config_file is not None:
+        return load_config(config_file, overrides)
+    saved = out_dir / "config.yaml"
+    if saved.is_file():
+        return load_config(saved, overrides)
+    state, _ = _resume_state(out_dir / "checkpoint.pt")
+    return from_dict(apply_overrides(state["config"], parse_overrides(overrides)))
+
+
+def _resume_state(checkpoint_path: Path) -> tuple[dict[str, Any], Path]:
+    if not (checkpoint_path.is_file() or previous_path(checkpoint_path).is_file()):
+        raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}; train without "
+                                f"--resume to start a new run there")
+    return load_checkpoint_or_previous(checkpoint_path)
+
+
+def _check_resume_changes(stored: Config, config: Config, path: Path) -> None:
+    """Refuse changes a resumed run cannot honour (``FIXED_ON_RESUME``)."""
+    changed = [f"solver.{name} {getattr(config.solver, name)!r} (the run has "
+               f"{getattr(stored.solver, name)!r})" for name in FIXED_ON_RESUME
+               if getattr(stored.solver, name) != getattr(config.solver, name)]
+    if changed:
+        raise ConfigError(f"--resume continues the run of {path} with its optimizer state and "
+                          f"warm-up, which cannot follow {'; '.join(changed)}; start a new run "
+                          f"(another --out) to change them. A resumed run can change its length "
+                          f"(solver.max_iters or max_epochs) and LR steps")
+
+
+def _refit_schedule(stored: Config, config: Config, solver: SolverConfig, schedule,
+                    scheduler, start_iter: int, max_iter: int) -> int:
+    """A resumed run's schedule: unchanged (``max_iter`` as the checkpoint says, perhaps
+    shortened by a time budget) unless the config changed its length or steps; then
+    re-fitted from ``start_iter`` to the new length. Returns the run's ``max_iter``."""
+    if all(getattr(stored.solver, name) == getattr(config.solver, name)
+           for name in REFIT_ON_RESUME):
+        return max_iter
+    if solver.max_iters <= start_iter:
+        raise ConfigError(f"--resume: the run is at iteration {start_iter} already, and "
+                          f"{_length(config.solver)} ({solver.max_iters} iterations) ends "
+                          f"there or before; give a longer run to continue it")
+    before = (schedule.max_iters, list(schedule.steps), scheduler.get_last_lr()[0])
+    schedule.refit(solver.max_iters, solver.lr_schedule, solver.steps, solver.gamma)
+    # The scheduler sets the LR after each step; the next step's is set here.
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * schedule(start_iter)
+    logger.info("resume: the run of %d iterations (steps %s) is now %d (%s, steps %s) from "
+                "iteration %d on; LR %.3e there (was %.3e); warm-up of %d kept",
+                before[0], before[1], solver.max_iters, solver.lr_schedule, solver.steps,
+                start_iter, scheduler.base_lrs[0] * schedule(start_iter), before[2],
+                schedule.warmup_iters)
+    return solver.max_iters
+
+
+def _length(solver: SolverConfig) -> str:
+    return (f"solver.max_iters {solver.max_iters}" if solver.max_iters is not None
+            else f"solver.max_epochs {solver.max_epochs}")
+
+
+def _empty_training_set(config: Config, train_set) -> DatasetError:
+    why = (" once data.filter_empty left out the images without objects"
+           if config.data.filter_empty else "")
+    return DatasetError(f"the training set is empty: {train_set.source} lists no images"
+                        f"{why}; there is nothing to train on")
 
 
 def _log_schedule(given: SolverConfig, solver: SolverConfig, num_images: int) -> None:
     """The schedule in iterations, and how it came from epochs where it was given in them."""
     epochs = ""
-    if given.max_epochs or given.steps_epochs or given.warmup_epochs:
+    if given.needs_dataset_size():
         epochs = (f" ({num_images} images / batch {solver.batch_size} = "
                   f"{num_images / solver.batch_size:.1f} iterations per epoch)")
     logger.info("schedule: %d iterations, %s LR %g, steps %s, warm-up %d%s",
@@ -104,7 +196,11 @@ def run(config: Config, out_dir: str | Path, *, resume: bool = False,
     """Train as ``config`` says, writing into ``out_dir``; returns the final metrics."""
     started_at = time.time() if started_at is None else started_at
     out_dir = Path(out_dir)
-    device = init_distributed(resolve_device(config.train.device))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; name a folder for the run")
+    device = resolve_device(config.train.device)
+    check_backend(config, device)
+    device = init_distributed(device)
     threads = torch.get_num_threads()
     try:
         if is_main_process():
@@ -128,18 +224,29 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
         torch.set_num_threads(config.train.num_threads)
     _seed_everything(config.train.seed)
     checkpoint_path = out_dir / "checkpoint.pt"
-    if resume and not (checkpoint_path.is_file() or previous_path(checkpoint_path).is_file()):
-        raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}; train without "
-                                f"--resume to start a new run there")
-
-    _fetch_backbone_weights(config)
+    config = with_absolute_paths(config)
+    if resume:
+        state, resumed_from = _resume_state(checkpoint_path)
+        stored = from_dict(state["config"])
+        _check_resume_changes(stored, config, resumed_from)
+    else:
+        _fetch_backbone_weights(config)  # a resumed run has its weights
     train_set, val_set = _build_datasets(config)
+    if len(train_set) == 0:
+        raise _empty_training_set(config, train_set)
+    if len(val_set) == 0:
+        raise DatasetError(f"the validation set is empty: {val_set.source} lists no images")
+    val_set.require_categories(train_set.categories, f"the training set ({train_set.source})")
+    if resume:
+        train_set.require_categories(checkpoint_categories(state), f"checkpoint {resumed_from}")
     logger.info("data: %s, %d training and %d validation images, classes %s",
-                config.data.dataset, len(train_set), len(val_set), train_set.class_names)
+                config.data.dataset, len(train_set), len(val_set),
+                train_set.categories.describe(limit=100))
     solver = solver.in_iterations(len(train_set))
     _log_schedule(config.solver, solver, len(train_set))
 
-    model = build_model(config, train_set.num_classes).to(device)
+    model = build_model(config, train_set.num_classes, load_backbone_weights=not resume)
+    model.to(device)
     if use_channels_last(solver.channels_last, device):
         model.backbone.to(memory_format=torch.channels_last)
     if world_size > 1 and config.model.sync_bn:
@@ -156,12 +263,15 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
 
     start_iter, max_iter = 0, solver.max_iters
     if resume:
-        start_iter, max_iter = checkpointer.resume(checkpoint_path)
+        start_iter, max_iter = checkpointer.restore(state, resumed_from,
+                                                    model_differences(state["config"], config))
+        max_iter = _refit_schedule(stored, config, solver, schedule, scheduler, start_iter,
+                                   max_iter)
     elif checkpoint_path.exists():
         logger.warning("%s exists and will be overwritten (--resume continues it)",
                        checkpoint_path)
     if is_main_process():
-        (out_dir / "config.yaml").write_text(config.to_yaml())
+        write_text(out_dir / "config.yaml", config.to_yaml())
         if resume:
             _trim_log(out_dir / "metrics.jsonl", start_iter)
         else:
@@ -185,12 +295,13 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
         return evaluate(model, val_set, batch_size=config.train.eval_batch_size, device=device,
                         num_workers=config.data.num_workers, progress=progress)
 
-    writer = MetricsWriter(out_dir, config.train.log_period, progress=progress)
+    writer = MetricsWriter(out_dir, config.train.log_period, progress=progress, resume=resume)
+    evaluation = EvalHook(run_evaluation, out_dir, config.train.eval_period, writer)
     budget = None
     if solver.max_minutes is not None:
         eval_steps = 0.5 * len(val_set) / solver.batch_size
-        budget = TimeBudget(solver.max_minutes * 60, started_at, schedule, eval_steps=eval_steps)
-    evaluation = EvalHook(run_evaluation, out_dir, config.train.eval_period, writer)
+        budget = TimeBudget(solver.max_minutes * 60, started_at, schedule, eval_steps=eval_steps,
+                            evaluation=evaluation)
     trainer.register_hooks([
         LRScheduler(scheduler),
         budget,
@@ -201,10 +312,14 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
     trainer.train()
 
     metrics = evaluation.metrics
-    logger.info("done in %.1f min: mAP %.4f, mAP50 %.4f; metrics in %s",
-                (time.time() - started_at) / 60, metrics["mAP"], metrics["mAP50"],
-                out_dir / "metrics.json")
+    logger.info("done in %.1f min: mAP %s, mAP50 %s; metrics in %s",
+                (time.time() - started_at) / 60, _score(metrics["mAP"]),
+                _score(metrics["mAP50"]), out_dir / "metrics.json")
     return metrics
+
+
+def _score(value: float | None) -> str:
+    return "undefined (no ground truth)" if value is None else f"{value:.4f}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -216,7 +331,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=None,
                         help="output folder (default: runs/<config name>)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from <out>/checkpoint.pt")
+                        help="continue from <out>/checkpoint.pt, with <out>/config.yaml unless "
+                             "--config is given (--set solver.max_iters=N makes it longer)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override config values, e.g. solver.max_iters=100 (replaces a "
                              "max_epochs of the config)")
@@ -229,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def command() -> int:
-        config = load_config(args.config, args.set)
-        out = args.out or str(Path("runs") / Path(args.config or DEFAULT_CONFIG).stem)
+        out = Path(args.out or Path("runs") / Path(args.config or DEFAULT_CONFIG).stem)
+        config = run_config(args.config, args.set, out, resume=args.resume)
         run(config, out, resume=args.resume, started_at=started_at,
             progress=not args.no_progress)
         return 0

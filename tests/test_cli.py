@@ -1,6 +1,13 @@
-"""The helpers the entry points share (``fcos_fast.engine.cli``): one home, one-line errors."""
+"""The helpers the entry points share (``fcos_fast.engine.cli``): one home, one-line errors.
+
+``run_entry_point`` and ``assert_one_error_line`` test a command as the user runs it: a
+subprocess of ``python -m fcos_fast.<command>``.
+"""
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +20,31 @@ from fcos_fast.engine.cli import one_line, report_user_errors, resolve_device
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fcos_fast"
 ENTRY_POINTS = ("train", "evaluate", "infer")
+
+
+def run_entry_point(command: str, *args, cwd: Path, env: dict | None = None,
+                    timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m fcos_fast.<command> *args`` in ``cwd``, as a user runs it (one thread
+    per process: the test suite shares its cores)."""
+    environment = {**os.environ, "PYTHONPATH": str(PACKAGE.parent), "OMP_NUM_THREADS": "1",
+                   **(env or {})}
+    environment = {key: value for key, value in environment.items() if value is not None}
+    return subprocess.run([sys.executable, "-m", f"fcos_fast.{command}", *map(str, args)],
+                          cwd=cwd, env=environment, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """The command ended with exit status 2 and exactly one ``error:`` line on stderr, its
+    last, holding each of ``fragments``; no traceback. Returns that line."""
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
 
 
 @pytest.mark.parametrize("name", ENTRY_POINTS)

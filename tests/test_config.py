@@ -85,8 +85,12 @@ def test_voc_r18_is_the_seed_baseline():
 def test_voc_r18_long_changes_only_epochs_and_lr():
     base, long = load_config("voc_r18.yaml").to_dict(), load_config("voc_r18_long.yaml").to_dict()
     changed = {key for key in base["solver"] if base["solver"][key] != long["solver"][key]}
-    assert changed == {"max_epochs", "base_lr", "steps_epochs"}
+    # The steps are fractions of the run (the same), the warm-up the same 500 iterations,
+    # a smaller fraction of the longer run.
+    assert changed == {"max_epochs", "base_lr", "warmup_fraction"}
     assert (long["solver"]["max_epochs"], long["solver"]["base_lr"]) == (50, 8e-4)
+    for name in ("voc_r18.yaml", "voc_r18_long.yaml"):
+        assert load_config(name).solver.in_iterations(5011).warmup_iters == 500
     assert {k: v for k, v in base.items() if k != "solver" and k != "train"} == \
         {k: v for k, v in long.items() if k != "solver" and k != "train"}
 
@@ -104,11 +108,14 @@ def test_coco_r50_1x_is_the_standard_schedule():
     config, data, inputs, model, solver = _recipe("coco_r50_1x.yaml")
     assert (model.backbone, model.backbone_weights) == ("resnet50", "IMAGENET1K_V1")
     assert (solver.max_iters, solver.batch_size, solver.base_lr) == (90000, 16, 0.01)
-    assert solver.steps == [60000, 80000] and solver.warmup_iters == 500
+    # Steps and warm-up are fractions of the run (so that --set solver.max_iters keeps
+    # their place): at 90k iterations they are the 1x schedule's.
+    in_iterations = solver.in_iterations()  # no epochs: the dataset's size is not needed
+    assert in_iterations.steps == [60000, 80000] and in_iterations.warmup_iters == 500
     assert inputs.min_size_train == [800] and inputs.max_size_train == 1333
     assert (inputs.min_size_test, inputs.max_size_test) == (800, 1333)
     assert model.fpn_channels == 256 and model.candidates == "per_level"
-    assert solver.in_iterations(117266) == solver  # already in iterations
+    assert solver.in_iterations(117266) == in_iterations  # no unit depends on the data
 
 
 def test_epochs_become_iterations():
@@ -152,8 +159,10 @@ def test_an_override_replaces_the_other_unit(tmp_path):
     """``--set solver.max_iters=100`` on a config written in epochs means 100 iterations."""
     short = load_config("voc_r18.yaml", ["solver.max_iters=100", "solver.steps=[60, 80]"])
     assert (short.solver.max_iters, short.solver.max_epochs) == (100, None)
-    assert (short.solver.steps, short.solver.steps_epochs) == ([60, 80], [])
-    assert short.solver.warmup_iters == 500  # untouched
+    assert (short.solver.steps, short.solver.steps_epochs, short.solver.steps_fraction) == \
+        ([60, 80], [], [])
+    assert short.solver.warmup_fraction == 0.1597  # untouched: 16 of the 100 iterations
+    assert short.solver.in_iterations().warmup_iters == 16
     epochs = load_config(None, ["solver.max_epochs=2"])  # synthetic.yaml is in iterations
     assert (epochs.solver.max_iters, epochs.solver.max_epochs) == (None, 2)
     # Clearing a field does not clear its partner; a file with both is an error.
@@ -166,3 +175,65 @@ def test_an_override_replaces_the_other_unit(tmp_path):
     # The same rule for a checkpoint's stored config (evaluate/infer --set).
     stored = load_config("voc_r18.yaml").to_dict()
     assert from_dict(apply_overrides(stored, {"solver": {"max_iters": 7}})).solver.max_iters == 7
+
+
+def test_the_default_run_evaluates_during_training():
+    train, solver = load_config().train, load_config().solver
+    assert 0 < train.eval_period and solver.max_iters // train.eval_period >= 2
+
+
+def test_a_recipe_made_longer_on_a_small_set_keeps_its_shape():
+    """The issue's case: coco_r18.yaml at 50 epochs of 44 images is 138 iterations; its
+    steps stay at 70% and 90% of them, after a warm-up as short as the run is."""
+    solver = load_config("coco_r18.yaml", ["solver.max_epochs=50"]).solver.in_iterations(44)
+    assert (solver.max_iters, solver.steps, solver.warmup_iters) == (138, [97, 124], 2)
+    short = load_config("voc_r18.yaml", ["solver.max_iters=200"]).solver.in_iterations(5011)
+    assert (short.steps, short.warmup_iters) == ([140, 180], 32)
+
+
+@pytest.mark.parametrize("solver, message", [
+    ({"max_iters": 138, "warmup_iters": 500},
+     "the warm-up (solver.warmup_iters 500: 500 iterations) is at least as long as the run of "
+     "138 iterations"),
+    ({"max_epochs": 2, "warmup_epochs": 2, "batch_size": 4},
+     "the warm-up (solver.warmup_epochs 2.0: 6 iterations) is at least as long as the run of 6"),
+    ({"max_iters": 138, "steps": [8, 10], "warmup_iters": 20},
+     "LR steps at iterations [8, 10] (solver.steps [8, 10]) fall at or before the end of the "
+     "warm-up (iteration 20)"),
+    ({"max_iters": 1000, "steps": [60000, 80000]},
+     "LR steps at iterations [60000, 80000] (solver.steps [60000, 80000]) lie at or past the end "
+     "of the run of 1000 iterations"),
+    ({"max_epochs": 2, "steps_epochs": [1, 2], "batch_size": 4},
+     "(solver.steps_epochs [1.0, 2.0]) lie at or past the end"),
+])
+def test_schedules_that_cannot_work_are_refused(solver, message):
+    with pytest.raises(ConfigError) as error:
+        from_dict({"solver": solver}).solver.in_iterations(12)
+    assert message in str(error.value)
+
+
+def test_cosine_ignores_steps_and_fractions_scale():
+    assert from_dict({"solver": {"max_iters": 10, "lr_schedule": "cosine", "steps": [50]}}
+                     ).solver.in_iterations().steps == [50]  # unused by cosine: not refused
+    solver = from_dict({"solver": {"max_iters": 200, "steps_fraction": [0.5, 0.75],
+                                   "warmup_fraction": 0.1}}).solver
+    assert (solver.in_iterations().steps, solver.in_iterations().warmup_iters) == ([100, 150], 20)
+    with pytest.raises(ConfigError, match="steps_fraction must be fractions of the run"):
+        from_dict({"solver": {"steps_fraction": [0.5, 1.5]}})
+    # --set solver.warmup_iters=0 turns off a warm-up the file gives as a fraction.
+    assert load_config(None, ["solver.warmup_iters=0"]).solver.in_iterations().warmup_iters == 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.fpn_channels=100", "model.fpn_channels must be a positive multiple of 32"),
+    ("model.trainable_backbone_layers=7", "model.trainable_backbone_layers must be in [0, 5]"),
+    ("input.min_size_train=[0]", "input.min_size_train must be positive sizes"),
+    ("model.score_thresh=1.5", "model.score_thresh must be in [0, 1)"),
+    ("train.eval_batch_size=0", "train.eval_batch_size must be at least 1"),
+    ("data.num_workers=-1", "data.num_workers must be >= 0"),
+    ("solver.amp=bf15", "solver.amp must be one of auto, bf16, fp16, fp32, got 'bf15'"),
+])
+def test_values_that_would_fail_later_are_refused_at_load(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert message in str(error.value)

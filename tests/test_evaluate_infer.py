@@ -48,23 +48,65 @@ def test_infer_on_files_and_folders(run, tmp_path):
     for index, path in enumerate(source[:2]):
         Image.open(path).save(images / f"picture{index}.jpg")
     out = tmp_path / "out"
+    # The per-image records (the default is the COCO results format, tested in
+    # tests/test_own_data.py); their detections name the category id, not a 0-based label.
     assert infer.main([str(images), str(source[2]), "--checkpoint", str(run / "checkpoint.pt"),
-                       "--out", str(out), "--score-thresh", "0.0"]) == 0
+                       "--out", str(out), "--score-thresh", "0.0", "--format", "per-image"]) == 0
     records = json.loads((out / "detections.json").read_text())
     assert [r["picture"] for r in records] == ["picture0.png", "picture1.png", "000002.png"]
     for record in records:
         assert Image.open(out / record["picture"]).size == (384, 384)  # enlarged 64 -> 384
         assert record["width"] == record["height"] == 64
         for detection in record["detections"]:
-            assert set(detection) == {"box", "score", "label", "class_name"}
+            assert set(detection) == {"box", "score", "category_id", "class_name"}
             assert detection["score"] > 0.0
 
 
 def test_infer_on_a_split(run, tmp_path):
     assert infer.main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path),
-                       "--num-images", "3", "--scale", "1"]) == 0
+                       "--num-images", "3", "--scale", "1", "--format", "per-image"]) == 0
     records = json.loads((tmp_path / "detections.json").read_text())
     assert len(records) == 3 and Image.open(tmp_path / records[0]["picture"]).size == (64, 64)
+
+
+def test_infer_skips_an_unreadable_file_and_lists_it(run, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    good = next(run.parent.glob("synthetic/*/val/*.png"))
+    (images / "a.png").write_bytes(good.read_bytes())
+    (images / "b.jpg").write_bytes(b"\xff\xd8 this is no jpeg")
+    (images / "c.png").write_bytes(good.read_bytes())
+    out = tmp_path / "out"
+    assert infer.main([str(images), "--checkpoint", str(run / "checkpoint.pt"), "--out",
+                       str(out), "--format", "per-image"]) == 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[0].startswith(f"warning: skipped {images / 'b.jpg'}: cannot read image")
+    assert error[-1] == f"warning: 1 unreadable file(s) skipped: {images / 'b.jpg'}"
+    records = json.loads((out / "detections.json").read_text())
+    assert [r["picture"] for r in records] == ["a.png", "c.png"]
+    assert [r["image_id"] for r in records] == [1, 3]  # positions among the inputs
+
+
+def test_infer_searches_subfolders_when_asked(run, tmp_path, capsys):
+    (tmp_path / "images" / "day").mkdir(parents=True)
+    good = next(run.parent.glob("synthetic/*/val/*.png"))
+    (tmp_path / "images" / "day" / "grid.png").write_bytes(good.read_bytes())
+    arguments = [str(tmp_path / "images"), "--checkpoint", str(run / "checkpoint.pt"),
+                 "--out", str(tmp_path / "out")]
+    assert infer.main(arguments) == 2
+    assert "--recursive searches subfolders too" in capsys.readouterr().err
+    assert infer.main([*arguments, "--recursive", "--format", "per-image"]) == 0
+    (record,) = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert record["picture"] == "0000_grid.png"  # not the run's own grid.png
+    assert record["file_name"] == str(tmp_path / "images" / "day" / "grid.png")
+
+
+def test_infer_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        infer.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 0.3)", "(default: coco)", "(default: 8)"):
+        assert default in text
 
 
 def test_infer_missing_input(run, tmp_path, capsys):

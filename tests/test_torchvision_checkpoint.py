@@ -155,14 +155,20 @@ def test_relabel_keeps_exactly_the_dataset_categories(coco_set):
 
 def test_infer_names_coco_categories(coco_set, tmp_path):
     root, checkpoint, detections, _ = coco_set
-    out = tmp_path / "pictures"
-    assert infer.main([str(root / "val" / "000.png"), "--torchvision-checkpoint",
-                       str(checkpoint), "--out", str(out), "--score-thresh", "0.3",
-                       *_overrides(root)]) == 0
-    (record,) = json.loads((out / "detections.json").read_text())
     expected = detections[0]["labels"][detections[0]["scores"] > 0.3].tolist()
-    assert sorted(d["label"] for d in record["detections"]) == sorted(expected)
-    assert all(d["class_name"] == COCO_CATEGORIES[d["label"]] for d in record["detections"])
+    # detections.json in the COCO results format (the default) and as per-image records:
+    # torchvision's labels are COCO category ids, named as torchvision names them.
+    for form in ("coco", "per-image"):
+        out = tmp_path / form
+        assert infer.main([str(root / "val" / "000.png"), "--torchvision-checkpoint",
+                           str(checkpoint), "--out", str(out), "--score-thresh", "0.3",
+                           "--format", form, *_overrides(root)]) == 0
+        found = json.loads((out / "detections.json").read_text())
+        if form == "per-image":
+            (record,) = found
+            found = record["detections"]
+            assert all(d["class_name"] == COCO_CATEGORIES[d["category_id"]] for d in found)
+        assert sorted(d["category_id"] for d in found) == sorted(expected)
 
 
 def test_a_dataset_without_cocos_categories_is_one_line(coco_set, tmp_path, capsys):

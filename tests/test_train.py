@@ -13,8 +13,10 @@ import torch
 from fcos_fast import train
 from fcos_fast.config import load_config
 from fcos_fast.engine.checkpoint import load_checkpoint
+from fcos_fast.engine.schedule import WarmupSchedule
 from fcos_fast.engine.trainer import Trainer
-from tests.engine.tiny import tiny_overrides
+from tests.data.own_data import write_roboflow
+from tests.engine.tiny import tiny_model_overrides, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +34,7 @@ def test_short_run_writes_everything(tmp_path):
     assert set(metrics["per_class_AP"]) == {"circle", "square", "triangle"}
     assert metrics["iteration"] == 6 and metrics["num_images"] == 4
     assert sorted(_losses(out)) == [1, 2, 3, 4, 5, 6]
-    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((out / "tensorboard").glob("run-*/events.out.tfevents.*"))  # a run of its own
     assert (out / "config.yaml").is_file() and (out / "log.txt").is_file()
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["iteration"] == 6 and state["class_names"] == ["circle", "square", "triangle"]
@@ -65,8 +67,20 @@ def test_training_lowers_the_loss(tmp_path):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
 
 
-def test_resume_continues_exactly(tmp_path, monkeypatch):
-    overrides = tiny_overrides(tmp_path)
+def _evaluations(out: Path) -> list[tuple[int, dict[str, float]]]:
+    """``(iteration, {eval/...: value})`` per evaluation logged (a repeated one twice)."""
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["iter"], {k: v for k, v in r.items() if k.startswith("eval/")})
+            for r in lines if "eval/mAP" in r]
+
+
+@pytest.mark.parametrize("extra", [
+    {},
+    # The recipes' path: loader worker processes, and evaluations during training.
+    {"data.num_workers": 2, "train.eval_period": 2},
+], ids=["in-process", "workers-and-periodic-evaluation"])
+def test_resume_continues_exactly(tmp_path, monkeypatch, extra):
+    overrides = tiny_overrides(tmp_path, **extra)
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     train.main(["--out", str(straight), "--no-progress", "--set", *overrides])
 
@@ -95,8 +109,128 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
             assert torch.equal(value, resumed_state[index][name]), (index, name)
     assert expected["scheduler"] == resumed["scheduler"]
     assert _losses(straight) == _losses(interrupted)
+    assert _evaluations(straight) == _evaluations(interrupted)
+    if extra:
+        assert [i for i, _ in _evaluations(straight)] == [2, 4, 6]  # periodic, then final
     metrics = [json.loads((p / "metrics.json").read_text()) for p in (straight, interrupted)]
     assert metrics[0]["mAP"] == metrics[1]["mAP"]
+
+
+def test_evaluating_during_training_changes_nothing_in_it(tmp_path):
+    """The default run evaluates every 250 iterations: the trained weights and the losses
+    are those of a run that evaluates only at the end."""
+    runs = {}
+    for period in (0, 2):
+        out = tmp_path / f"every{period}"
+        overrides = tiny_overrides(tmp_path, **{"train.eval_period": period})
+        assert train.main(["--out", str(out), "--no-progress", "--set", *overrides]) == 0
+        runs[period] = out
+    quiet, evaluating = (load_checkpoint(runs[p] / "checkpoint.pt") for p in (0, 2))
+    for key, value in quiet["model"].items():
+        assert torch.equal(value, evaluating["model"][key]), key
+    assert _losses(runs[0]) == _losses(runs[2])
+    assert [i for i, _ in _evaluations(runs[2])] == [2, 4, 6]
+
+
+def test_resume_reads_the_runs_own_config(tmp_path, monkeypatch):
+    """``--resume`` with neither ``--config`` nor ``--set`` continues the run of
+    ``<out>/config.yaml``, not the default config."""
+    overrides = tiny_overrides(tmp_path)
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train.main(["--out", str(straight), "--no-progress", "--set", *overrides])
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 4)
+        with pytest.raises(KeyboardInterrupt):
+            train.main(["--out", str(interrupted), "--no-progress", "--set", *overrides])
+    assert train.main(["--out", str(interrupted), "--resume", "--no-progress"]) == 0
+    expected, resumed = (load_checkpoint(p / "checkpoint.pt") for p in (straight, interrupted))
+    for key, value in expected["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert _losses(straight) == _losses(interrupted)
+
+
+def test_resume_makes_a_finished_run_longer(tmp_path):
+    out = tmp_path / "run"
+    overrides = tiny_overrides(tmp_path)
+    assert train.main(["--out", str(out), "--no-progress", "--set", *overrides]) == 0
+    assert train.main(["--out", str(out), "--resume", "--no-progress",
+                       "--set", "solver.max_iters=10"]) == 0
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert (state["iteration"], state["max_iter"]) == (10, 10)
+    assert sorted(_losses(out)) == list(range(1, 11))
+    log = (out / "log.txt").read_text()
+    assert "resume: the run of 6 iterations (steps []) is now 10 (cosine, steps []) from " \
+           "iteration 6 on" in log
+    # The cosine of 10 iterations from iteration 6 on (the warm-up of 2 kept).
+    schedule = WarmupSchedule(10, "cosine", warmup_iters=2)
+    base_lr = load_config(None).solver.base_lr
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["iter"]: r["train/lr"] for r in lines if "train/lr" in r}
+    assert lr[7] == pytest.approx(base_lr * schedule(6)) and lr[10] == \
+        pytest.approx(base_lr * schedule(9))
+    assert "max_iters: 10" in (out / "config.yaml").read_text()
+    # Its config now says 10: a resume without --set has nothing left to do.
+    assert train.main(["--out", str(out), "--resume", "--no-progress"]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 10
+
+
+@pytest.mark.parametrize("override, message", [
+    ("solver.max_iters=4", "the run is at iteration 6 already, and solver.max_iters 4 (4 "
+                           "iterations) ends there or before"),
+    ("solver.base_lr=0.5", "solver.base_lr 0.5 (the run has 0.001)"),
+    ("solver.optimizer=sgd", "solver.optimizer 'sgd' (the run has 'adamw')"),
+    ("data.synthetic.shapes=[circle, square]", "the classes of checkpoint"),
+])
+def test_resume_refuses_what_it_cannot_honour(tmp_path, capsys, override, message):
+    out = tmp_path / "run"
+    assert train.main(["--out", str(out), "--no-progress", "--set", *tiny_overrides(tmp_path)]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert train.main(["--out", str(out), "--resume", "--no-progress", "--set", override]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and message in error, error
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_rerun_into_the_same_folder_is_a_new_tensorboard_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    overrides = tiny_overrides(tmp_path, **{"solver.max_iters": 3})
+    for _ in range(2):
+        assert train.main(["--out", str(out), "--no-progress", "--set", *overrides]) == 0
+    runs = sorted((out / "tensorboard").iterdir())
+    assert len(runs) == 2 and all(list(run.glob("events.out.tfevents.*")) for run in runs)
+    assert train.main(["--out", str(out), "--resume", "--no-progress",
+                       "--set", "solver.max_iters=4"]) == 0
+    assert sorted((out / "tensorboard").iterdir()) == runs  # a resumed run continues its own
+    assert "iter 4/4  cls_loss" in capsys.readouterr().err  # losses on the console too
+
+
+def test_files_of_a_run_have_the_umasks_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        out = tmp_path / "run"
+        overrides = tiny_overrides(tmp_path, **{"solver.max_iters": 4})  # checkpoints at 3, 4
+        assert train.main(["--out", str(out), "--no-progress", "--set", *overrides]) == 0
+    finally:
+        os.umask(old)
+    for name in ("checkpoint.pt", "checkpoint.previous.pt", "metrics.json", "config.yaml"):
+        assert (out / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def test_an_empty_training_set_says_so(tmp_path, capsys):
+    root = write_roboflow(tmp_path / "data")
+    annotations = root / "train" / "_annotations.coco.json"
+    data = json.loads(annotations.read_text())
+    annotations.write_text(json.dumps({**data, "annotations": []}))
+    code = train.main(["--config", "coco_r18.yaml", "--out", str(tmp_path / "run"), "--set",
+                       f"data.train_images={root / 'train'}", f"data.train_annotations={annotations}",
+                       f"data.val_images={root / 'valid'}",
+                       f"data.val_annotations={root / 'valid' / '_annotations.coco.json'}",
+                       *tiny_model_overrides()])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and error == (
+        f"error: the training set is empty: {annotations} lists no images once "
+        f"data.filter_empty left out the images without objects; there is nothing to train on")
 
 
 def test_resume_without_checkpoint(tmp_path, capsys):

@@ -1,17 +1,25 @@
-"""COCO-format detection datasets (COCO 2017, and the synthetic set, which is written in
-the same format).
+"""COCO-format detection datasets: COCO 2017, the exports of annotation tools
+(Roboflow, CVAT, Label Studio), and the synthetic set, which is written in the same format.
 
 The annotation file is read and checked in full when the dataset is built, so that a
 malformed file is reported, by name, before any training step. Category ids (COCO's run
-from 1 to 90 with gaps) map to contiguous labels ``0..C-1`` in increasing id order, and
-back through ``label_to_category_id`` for evaluation.
+from 1 to 90 with gaps; tools start at 0 or 1) map to contiguous labels ``0..C-1`` in
+increasing id order (or in the order of the ``classes`` asked for), and back through
+``label_to_category_id`` for evaluation and inference output.
+
+Two habits of annotation tools are taken care of: Roboflow lists a placeholder category 0
+named after the project (the supercategory of the real ones) that no box uses, which is
+left out; Label Studio writes ``file_name`` as ``images/<name>`` relative to the export
+folder, which is found whether ``image_dir`` is that folder or its ``images/``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +27,13 @@ from torch import Tensor
 
 from fcos_fast.data.common import DatasetError, DetectionDataset, make_target, quiet_coco
 
+logger = logging.getLogger(__name__)
+
 COCO_HELP = ("Run `python -m fcos_fast.data.download coco2017` (it fetches train2017.zip, "
              "val2017.zip and annotations_trainval2017.zip from images.cocodataset.org and "
-             "unpacks them into data/coco), or point data.root at the folder that holds them.")
+             "unpacks them into data/coco), or point data.root at the folder that holds them; "
+             "for your own COCO-format files set data.train_images, data.train_annotations, "
+             "data.val_images and data.val_annotations instead.")
 
 
 def read_json(path: Path) -> Any:
@@ -84,12 +96,75 @@ def validate_coco(data: Any, path: Path) -> None:
                                f"{annotation['category_id']}")
 
 
+def roboflow_placeholder(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The placeholder category of a Roboflow export: id 0, used by no annotation, and
+    the supercategory of the others (``{"id": 0, "name": "objects", "supercategory":
+    "none"}`` beside ``{"id": 1, "name": "cat", "supercategory": "objects"}``); or None."""
+    zero = next((c for c in data["categories"] if c["id"] == 0), None)
+    if zero is None or any(a["category_id"] == 0 for a in data["annotations"]):
+        return None
+    if any(c.get("supercategory") == zero["name"] for c in data["categories"] if c is not zero):
+        return zero
+    return None
+
+
+def select_categories(data: dict[str, Any], classes: Sequence[str] | None, path: Path
+                      ) -> list[dict[str, Any]]:
+    """The categories of ``data`` that are classes: those named ``classes``, in that order;
+    without ``classes`` every category in id order but a Roboflow placeholder."""
+    categories = sorted(data["categories"], key=lambda c: c["id"])
+    by_name: dict[str, dict[str, Any]] = {}
+    for category in categories:
+        if category["name"] in by_name:
+            raise DatasetError(f"{path}: categories {by_name[category['name']]['id']} and "
+                               f"{category['id']} are both named {category['name']!r}; class "
+                               f"names must be distinct")
+        by_name[category["name"]] = category
+    if classes is not None:
+        unknown = [name for name in classes if name not in by_name]
+        if unknown:
+            raise DatasetError(f"data.classes names {unknown}, which {path} does not have; "
+                               f"its categories are {sorted(by_name)}")
+        return [by_name[name] for name in classes]
+    placeholder = roboflow_placeholder(data)
+    if placeholder is not None:
+        logger.info("%s: category 0 %r left out: no box uses it and the other categories name "
+                    "it as their supercategory (Roboflow's placeholder)", path,
+                    placeholder["name"])
+        categories = [c for c in categories if c is not placeholder]
+    if not categories:
+        raise DatasetError(f"{path} has no categories to detect")
+    return categories
+
+
+def image_base(image_dir: Path, file_names: Sequence[str], annotation_file: Path) -> Path:
+    """The folder ``file_names`` are relative to: ``image_dir``; else, where the first image
+    is found there, its parent when every name begins with the folder's own name (Label
+    Studio's ``images/<name>`` given with ``image_dir`` = ``images``), or its subfolder
+    named after the subset of an ``instances_<subset>.json`` (CVAT's ``images/<subset>/``)."""
+    candidates = [image_dir]
+    if file_names and all(name.startswith(image_dir.name + "/") for name in file_names):
+        candidates.append(image_dir.parent)
+    if annotation_file.stem.startswith("instances_"):
+        candidates.append(image_dir / annotation_file.stem[len("instances_"):])
+    if file_names:
+        for base in candidates:
+            if (base / file_names[0]).is_file():
+                return base
+    return image_dir
+
+
 class CocoDetection(DetectionDataset):
     """Images of ``image_dir`` annotated by the COCO instances file ``annotation_file``.
 
     Args:
-        image_dir: folder of the images (``file_name`` is relative to it).
-        annotation_file: a COCO ``instances_*.json``.
+        image_dir: folder of the images (``file_name`` is relative to it, possibly with
+            subfolders).
+        annotation_file: a COCO-format JSON file (``instances_*.json``,
+            ``_annotations.coco.json``, ``result.json``).
+        classes: the category names to detect, in label order; objects of other
+            categories are left out of training and evaluation. None: every category (in
+            id order) but a Roboflow placeholder.
         filter_empty: leave out images without any non-crowd object (for training).
         verify_images: open every image header now (reports a corrupt file up front).
         name: what to call the dataset in error messages.
@@ -97,27 +172,35 @@ class CocoDetection(DetectionDataset):
     """
 
     def __init__(self, image_dir: str | os.PathLike, annotation_file: str | os.PathLike, *,
-                 filter_empty: bool = False, verify_images: bool = False,
-                 name: str = "COCO", help: str = COCO_HELP) -> None:
+                 classes: Sequence[str] | None = None, filter_empty: bool = False,
+                 verify_images: bool = False, name: str = "COCO", help: str = COCO_HELP
+                 ) -> None:
         self.image_dir = Path(image_dir)
         self.annotation_file = Path(annotation_file)
+        self.source = str(self.annotation_file)
         for needed in (self.annotation_file, self.image_dir):
             if not needed.exists():
                 raise DatasetError(f"{name} data not found: {needed} does not exist. "
                                    f"Expected images in {self.image_dir}/ and annotations in "
                                    f"{self.annotation_file}. {help}")
+        if self.annotation_file.is_dir():
+            raise DatasetError(f"{self.annotation_file} is a folder, not a COCO-format JSON "
+                               f"file (for a folder of VOC XML files set data.dataset: voc)")
         data = read_json(self.annotation_file)
         validate_coco(data, self.annotation_file)
-        self._dataset = data
 
-        categories = sorted(data["categories"], key=lambda c: c["id"])
+        categories = select_categories(data, classes, self.annotation_file)
         self.label_to_category_id = [c["id"] for c in categories]
         self.class_names = [c["name"] for c in categories]
         category_to_label = {c: label for label, c in enumerate(self.label_to_category_id)}
+        # The ground truth evaluation scores: the classes' categories and their objects.
+        self._dataset = {**data, "categories": categories,
+                         "annotations": [a for a in data["annotations"]
+                                         if a["category_id"] in category_to_label]}
 
         objects: dict[int, tuple[list, list]] = {image["id"]: ([], []) for image in data["images"]}
         sizes = {image["id"]: (image["width"], image["height"]) for image in data["images"]}
-        for annotation in data["annotations"]:
+        for annotation in self._dataset["annotations"]:
             if annotation.get("iscrowd", 0):
                 continue
             width, height = sizes[annotation["image_id"]]
@@ -134,7 +217,9 @@ class CocoDetection(DetectionDataset):
         if filter_empty:
             images = [image for image in images if objects[image["id"]][0]]
         self.image_ids = [image["id"] for image in images]
-        self._files = [image["file_name"] for image in images]
+        # Tools on Windows may write backslashes.
+        self._files = [image["file_name"].replace("\\", "/") for image in images]
+        self.image_dir = image_base(self.image_dir, self._files, self.annotation_file)
         self._sizes = [(image["height"], image["width"]) for image in images]
         self._objects = [objects[image["id"]] for image in images]
 

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from fcos_fast.config import Config, from_dict
-from fcos_fast.engine.checkpoint import load_checkpoint
+from fcos_fast.data import Categories
+from fcos_fast.engine.checkpoint import load_checkpoint, load_weights
 from fcos_fast.engine.schedule import WarmupSchedule
 from fcos_fast.model import FCOS, resnet_fpn_backbone
 from fcos_fast.model.torchvision_compat import load_torchvision_checkpoint
@@ -64,17 +65,44 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_schedule(config: Config, num_train_images: int | None = None) -> WarmupSchedule:
-    """The LR schedule of ``config.solver``; lengths given in epochs are converted to
-    iterations for a training set of ``num_train_images`` (``SolverConfig.in_iterations``)."""
-    solver = config.solver
-    if num_train_images is not None:
-        solver = solver.in_iterations(num_train_images)
-    elif solver.max_iters is None or solver.max_epochs or solver.steps_epochs \
-            or solver.warmup_epochs:
-        raise ValueError("a schedule given in epochs needs the number of training images")
+    """The LR schedule of ``config.solver``; lengths given in epochs or fractions are
+    converted to iterations (epochs for a training set of ``num_train_images``; see
+    ``SolverConfig.in_iterations``)."""
+    solver = config.solver.in_iterations(num_train_images)
     return WarmupSchedule(solver.max_iters, solver.lr_schedule, steps=solver.steps,
                           gamma=solver.gamma, warmup_iters=solver.warmup_iters,
                           warmup_factor=solver.warmup_factor)
+
+
+def checkpoint_categories(state: dict) -> Categories:
+    """The classes a training checkpoint detects (category ids 1..C for checkpoints that
+    predate storing them)."""
+    names = list(state["class_names"])
+    return Categories(tuple(names), tuple(state.get("label_to_category_id",
+                                                    range(1, len(names) + 1))))
+
+
+def model_differences(stored: dict, config: Config) -> str:
+    """``" (the config's model differs from the checkpoint's in model.backbone: resnet50
+    vs resnet18)"``, or ``""``: what may explain weights that do not fit."""
+    stored_model = stored.get("model", {})
+    changed = [f"model.{key}: {value!r} vs {stored_model[key]!r}"
+               for key, value in config.to_dict()["model"].items()
+               if key in stored_model and stored_model[key] != value]
+    return (f" (the config's model differs from the checkpoint's in {'; '.join(changed)})"
+            if changed else "")
+
+
+def restore_trained_model(state: dict, source: str | os.PathLike, config: Config | None = None,
+                          *, device: torch.device | str = "cpu") -> tuple[FCOS, Config]:
+    """The model of the training checkpoint ``state`` (read from ``source``), in eval mode,
+    and its config (``config`` if given: its ``model`` section must describe the same
+    network, or ``CheckpointError`` names the first parameter that does not fit)."""
+    if config is None:
+        config = from_dict(state["config"])
+    model = build_model(config, len(state["class_names"]), load_backbone_weights=False)
+    load_weights(model, state["model"], source, model_differences(state["config"], config))
+    return model.to(device).eval(), config
 
 
 def load_trained_model(checkpoint: str | os.PathLike, config: Config | None = None, *,
@@ -85,16 +113,8 @@ def load_trained_model(checkpoint: str | os.PathLike, config: Config | None = No
     describe the same network).
     """
     state = load_checkpoint(checkpoint)
-    if config is None:
-        config = from_dict(state["config"])
-    class_names = list(state["class_names"])
-    model = build_model(config, len(class_names), load_backbone_weights=False)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise ValueError(f"the weights in {checkpoint} do not fit the model the config "
-                         f"describes: {error}") from error
-    return model.to(device).eval(), config, class_names
+    model, config = restore_trained_model(state, checkpoint, config, device=device)
+    return model, config, list(state["class_names"])
 
 
 def build_torchvision_model(config: Config, path: str | os.PathLike, *,

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fcos_fast.engine.atomic import atomic_write
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,22 +48,14 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file beside ``path`` (synced to disk), keep the file
     it replaces as ``previous_path(path)``, then rename the new one over ``path``: a crash
     mid-write never leaves a truncated checkpoint, and ``path`` always exists once written.
+    The file gets the mode of any file the user writes (0666 less the umask).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
+    with atomic_write(path, "wb") as file:
+        torch.save(state, file)
         if path.exists():
             _keep_as_previous(path)
-        os.replace(temporary, path)
-        _sync_folder(path.parent)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    _sync_folder(path.parent)
 
 
 def _keep_as_previous(path: Path) -> None:
@@ -142,6 +136,31 @@ def load_checkpoint_or_previous(path: str | os.PathLike) -> tuple[dict[str, Any]
     logger.warning("%s; falling back to the previous checkpoint %s (iteration %s)",
                    problem, previous, state.get("iteration", "?"))
     return state, previous
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor],
+                 source: str | os.PathLike, hint: str = "") -> None:
+    """``model.load_state_dict(weights)``, or a ``CheckpointError`` in one line naming the
+    first parameter that does not fit (missing, unexpected, or of another shape) when
+    ``weights`` (of ``source``) are of another architecture; ``hint`` is appended."""
+    own = model.state_dict()
+    problem = None
+    for name, value in own.items():
+        if name not in weights:
+            problem = f"the model's {name} is not in the checkpoint"
+        elif tuple(weights[name].shape) != tuple(value.shape):
+            problem = (f"{name} is {list(weights[name].shape)} in the checkpoint but "
+                       f"{list(value.shape)} in the model")
+        if problem:
+            break
+    if problem is None:
+        extra = next((name for name in weights if name not in own), None)
+        if extra is not None:
+            problem = f"the checkpoint's {extra} has no place in the model"
+    if problem is not None:
+        raise CheckpointError(f"{source} holds a network of another architecture than the "
+                              f"config describes: {problem}{hint}")
+    model.load_state_dict(weights)
 
 
 def rng_state() -> dict[str, Any]:

@@ -2,15 +2,18 @@
 the config of a checkpoint, and user errors reported as one line.
 
 A user mistake (a missing dataset or file, a bad config value, an unreadable checkpoint,
-backbone weights that are not there and cannot be downloaded) ends a command with
-``error: <what is wrong and what to do>`` on stderr and exit status 2, never a
-traceback; anything else is a bug and keeps its traceback.
+backbone weights that are not there and cannot be downloaded, a folder that cannot be
+written) ends a command with ``error: <what is wrong and what to do>`` on stderr and exit
+status 2, never a traceback; anything else is a bug and keeps its traceback. What the
+config can tell is checked before anything heavy runs: values when it is loaded, the op
+backend against the device (``check_backend``) before data and model are built.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +22,12 @@ import torch
 from torch import nn
 from torchvision.models.detection import FCOS_ResNet50_FPN_Weights
 
+from fcos_fast import ops
 from fcos_fast.config import (Config, ConfigError, apply_overrides, from_dict, load_config,
                               parse_overrides)
-from fcos_fast.data import DatasetError
-from fcos_fast.engine.build import build_torchvision_model, load_trained_model
+from fcos_fast.data import Categories, DatasetError
+from fcos_fast.engine.build import (build_torchvision_model, checkpoint_categories,
+                                    restore_trained_model)
 from fcos_fast.engine.checkpoint import CheckpointError, load_checkpoint
 from fcos_fast.engine.distributed import get_rank, is_distributed, is_main_process
 from fcos_fast.model.backbone import WeightsError
@@ -31,9 +36,12 @@ from fcos_fast.model.torchvision_compat import COCO_CATEGORIES
 logger = logging.getLogger("fcos_fast")
 
 #: Exceptions that mean the user asked for something that cannot be done; the entry
-#: points print them as one line.
+#: points print them as one line. (Of ``OSError``, those a user fixes: a missing path, a
+#: folder without write permission, a file where a folder belongs or the reverse.)
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DatasetError, CheckpointError,
-                                            WeightsError, FileNotFoundError)
+                                            WeightsError, FileNotFoundError, PermissionError,
+                                            FileExistsError, IsADirectoryError,
+                                            NotADirectoryError)
 
 #: Exit status of a command stopped by a user error (argparse uses 2 as well).
 USAGE_ERROR = 2
@@ -72,6 +80,24 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"train.device is {name!r} but CUDA is not available; use "
                           f"--set train.device=cpu (or auto)")
     return device
+
+
+def check_backend(config: Config, device: torch.device) -> None:
+    """Raise ``ConfigError`` if the op backend ``model.backend`` (or, when that is null,
+    ``$FCOS_FAST_BACKEND``) cannot run on ``device``."""
+    backend, where = config.model.backend, "model.backend"
+    if backend is None:
+        backend, where = os.environ.get(ops.BACKEND_ENV_VAR) or None, ops.BACKEND_ENV_VAR
+        if backend is None:
+            return
+        if backend not in ops.BACKEND_NAMES:
+            raise ConfigError(f"{where} must be one of {', '.join(ops.BACKEND_NAMES)} (or "
+                              f"unset), got {backend!r}")
+    reasons = ops.unsupported_reasons(backend, device)
+    if reasons:
+        usable = ", ".join(ops.available_backends(device))
+        raise ConfigError(f"{where} {backend} cannot run on {device.type}: "
+                          f"{'; '.join(reasons)}; use one of {usable} (or null: automatic)")
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -139,8 +165,20 @@ def load_model(args: argparse.Namespace, config: Config, device: torch.device
                ) -> tuple[nn.Module, Config, list[str]]:
     """The model ``add_model_arguments`` named, in eval mode on ``device``, its config and
     class names (for torchvision's COCO weights: ``COCO_CATEGORIES``, by category id)."""
+    model, config, categories = load_detector(args, config, device)
+    return model, config, list(categories.names)
+
+
+def load_detector(args: argparse.Namespace, config: Config, device: torch.device
+                  ) -> tuple[nn.Module, Config, Categories]:
+    """The model ``add_model_arguments`` named, in eval mode on ``device``, its config and
+    the classes it detects, with their category ids (for torchvision's COCO weights the
+    label is the COCO category id)."""
+    check_backend(config, device)
     if args.torchvision_checkpoint is None:
-        return load_trained_model(args.checkpoint, config, device=device)
+        state = load_checkpoint(args.checkpoint)
+        model, config = restore_trained_model(state, args.checkpoint, config, device=device)
+        return model, config, checkpoint_categories(state)
     path = Path(args.torchvision_checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"--torchvision-checkpoint {path} does not exist (torchvision's "
@@ -149,4 +187,4 @@ def load_model(args: argparse.Namespace, config: Config, device: torch.device
     if model.num_classes != len(COCO_CATEGORIES):
         raise WeightsError(f"{path} has {model.num_classes} classes; torchvision's COCO "
                            f"detectors have {len(COCO_CATEGORIES)} (label = COCO category id)")
-    return model, config, list(COCO_CATEGORIES)
+    return model, config, Categories(tuple(COCO_CATEGORIES), tuple(range(len(COCO_CATEGORIES))))

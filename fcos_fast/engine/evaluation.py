@@ -6,8 +6,13 @@ gathers the detections and scores them) and returns the same metrics on every pr
 
 * ``mAP`` (COCO AP@[.5:.95]), ``mAP50``, ``mAP75``, ``mAP_small/medium/large``;
 * ``per_class_AP`` and ``per_class_AP50``, keyed by class name;
+* ``categories``: the dataset's ``[{"id", "name"}]`` in label order;
 * for VOC, ``voc_mAP50`` and ``per_class_voc_AP50`` (11-point AP for VOC 2007, with
   ``difficult`` objects neither true nor false positives).
+
+An AP that is not defined — a class, or an object size range, without any ground truth
+in the split — is None (JSON ``null``), not pycocotools' -1 or NaN, and means are taken
+over the defined ones.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 from typing import Any
 
 import numpy as np
@@ -79,8 +83,14 @@ def coco_evaluate(dataset: DetectionDataset, predictions: list[dict[str, Any]]
     coco_gt = dataset.coco_gt()
     results = to_coco_results(predictions, dataset.label_to_category_id)
     metrics: dict[str, Any] = {name: 0.0 for name in _STAT_NAMES}
-    metrics["per_class_AP"] = {name: 0.0 for name in dataset.class_names}
+    has_objects = {category for category in dataset.label_to_category_id
+                   if coco_gt.getAnnIds(catIds=[category], iscrowd=False)}
+    metrics["per_class_AP"] = {name: 0.0 if category in has_objects else None
+                               for name, category in zip(dataset.class_names,
+                                                         dataset.label_to_category_id)}
     metrics["per_class_AP50"] = dict(metrics["per_class_AP"])
+    metrics["categories"] = [{"id": category, "name": name} for name, category
+                             in zip(dataset.class_names, dataset.label_to_category_id)]
     if not results:
         return metrics, "no detections: every AP is 0\n"
 
@@ -89,12 +99,15 @@ def coco_evaluate(dataset: DetectionDataset, predictions: list[dict[str, Any]]
         coco_dt = coco_gt.loadRes(results)
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         evaluator.params.imgIds = list(dataset.image_ids)
+        evaluator.params.catIds = list(dataset.label_to_category_id)
         evaluator.evaluate()
         evaluator.accumulate()
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
         evaluator.summarize()
-    metrics.update({name: float(value) for name, value in zip(_STAT_NAMES, evaluator.stats)})
+    # pycocotools' -1: no ground truth in that size range.
+    metrics.update({name: float(value) if value >= 0 else None
+                    for name, value in zip(_STAT_NAMES, evaluator.stats)})
 
     # precision: [IoU thresholds, recall points, categories, area ranges, max dets]; -1
     # where a category has no ground truth.
@@ -105,7 +118,7 @@ def coco_evaluate(dataset: DetectionDataset, predictions: list[dict[str, Any]]
         for key, values in (("per_class_AP", precision[:, :, k, 0, -1]),
                             ("per_class_AP50", precision[0, :, k, 0, -1])):
             values = values[values > -1]
-            metrics[key][name] = float(values.mean()) if values.size else float("nan")
+            metrics[key][name] = float(values.mean()) if values.size else None
     return metrics, summary.getvalue()
 
 
@@ -169,14 +182,14 @@ def voc_evaluate(dataset: VOCDetection, predictions: list[dict[str, Any]], *,
             else:
                 false_positive[d] = 1
         if num_positives == 0:
-            per_class[name] = float("nan")
+            per_class[name] = None  # nothing to find: no AP
             continue
         true_positive, false_positive = np.cumsum(true_positive), np.cumsum(false_positive)
         recall = true_positive / num_positives
         precision = true_positive / np.maximum(true_positive + false_positive,
                                                np.finfo(np.float64).eps)
         per_class[name] = voc_ap(recall, precision, use_07_metric)
-    scored = [ap for ap in per_class.values() if not math.isnan(ap)]
+    scored = [ap for ap in per_class.values() if ap is not None]
     return {"voc_mAP50": float(np.mean(scored)) if scored else 0.0,
             "per_class_voc_AP50": per_class}
 
@@ -189,8 +202,14 @@ def format_per_class(metrics: dict[str, Any]) -> str:
     width = max(len("class"), *(len(name) for name in names))
     lines = [f"{'class':<{width}}  " + "  ".join(f"{key[len('per_class_'):]:>8}" for key in keys)]
     for name in names:
-        lines.append(f"{name:<{width}}  " + "  ".join(f"{metrics[key][name]:8.4f}" for key in keys))
+        lines.append(f"{name:<{width}}  " + "  ".join(_ap_cell(metrics[key][name]) for key in keys))
+    if any(metrics[key][name] is None for key in keys for name in names):
+        lines.append("(-: no ground truth of that class in this split)")
     return "\n".join(lines) + "\n"
+
+
+def _ap_cell(value: float | None) -> str:
+    return f"{'-':>8}" if value is None else f"{value:8.4f}"
 
 
 def evaluate(model: nn.Module, dataset: DetectionDataset, *, batch_size: int = 8,

@@ -8,6 +8,7 @@ evaluation, and the writers close last.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -22,7 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fcos_fast.engine.checkpoint import (load_checkpoint_or_previous, rng_state, save_checkpoint,
+from fcos_fast.engine.atomic import strict_json, write_json
+from fcos_fast.engine.checkpoint import (load_weights, rng_state, save_checkpoint,
                                         set_rng_state)
 from fcos_fast.engine.distributed import (all_gather_objects, broadcast_object, get_rank,
                                           get_world_size, is_distributed, is_main_process)
@@ -45,8 +47,10 @@ class LRScheduler(HookBase):
 class TimeBudget(HookBase):
     """Shortens the run so that the whole command ends within ``max_seconds``.
 
-    From the median time of the recent steps, it predicts when the remaining steps and the
-    final evaluation will end. Whenever that is past the budget, it moves ``max_iter``
+    From the median time of the recent steps, it predicts when the remaining steps, the
+    periodic evaluations among them and the final evaluation will end (an evaluation costs
+    what the last one took, or ``eval_steps`` steps before there was one). Whenever that
+    is past the budget, it moves ``max_iter``
     earlier and compresses the LR schedule to end there (so a shortened run still anneals
     its learning rate), never lengthening either. If not even one more step fits, it stops
     the run. Rank 0 decides for every process.
@@ -55,17 +59,22 @@ class TimeBudget(HookBase):
         max_seconds: budget of the whole command, counted from ``started_at``.
         started_at: ``time.time()`` when the command started (data preparation included).
         schedule: the LR schedule to compress.
-        eval_steps: cost of the final evaluation, in training steps (e.g. half the number
-            of validation batches: inference is about half a training step per image).
+        eval_steps: cost of an evaluation, in training steps (e.g. half the number of
+            validation batches: inference is about half a training step per image), until
+            one has been timed.
+        evaluation: the hook that evaluates every ``evaluation.period`` steps (its
+            ``last_seconds`` times an evaluation); None: only the final one, at
+            ``eval_steps``.
         reserve_seconds: fixed time kept for checkpoint writing, COCOeval and exit.
         check_period: re-plan every this many steps, after ``warmup_steps`` measured ones.
     """
 
     def __init__(self, max_seconds: float, started_at: float, schedule: WarmupSchedule, *,
-                 eval_steps: float = 0.0, reserve_seconds: float = 15.0, check_period: int = 10,
+                 eval_steps: float = 0.0, evaluation: EvalHook | None = None,
+                 reserve_seconds: float = 15.0, check_period: int = 10,
                  warmup_steps: int = 5) -> None:
         self.max_seconds, self.started_at, self.schedule = max_seconds, started_at, schedule
-        self.eval_steps, self.reserve_seconds = eval_steps, reserve_seconds
+        self.eval_steps, self.evaluation, self.reserve_seconds = eval_steps, evaluation, reserve_seconds
         self.check_period, self.warmup_steps = check_period, warmup_steps
         self._times: deque[float] = deque(maxlen=50)
 
@@ -83,10 +92,7 @@ class TimeBudget(HookBase):
             return
         plan = None
         if is_main_process():
-            step = statistics.median(self._times)
-            left = (self.max_seconds - (time.time() - self.started_at) - self.reserve_seconds
-                    - self.eval_steps * step)
-            fits = trainer.iter + math.floor(left / step)
+            fits = self._iterations_that_fit(statistics.median(self._times))
             if fits < trainer.max_iter:
                 # 2% short of what fits, so that jitter in the step time does not make
                 # every later check shorten the run again by a step or two.
@@ -103,6 +109,26 @@ class TimeBudget(HookBase):
                     self.max_seconds / 60, trainer.max_iter, plan)
         trainer.max_iter = plan
         self.schedule.shorten(plan)
+
+    def _iterations_that_fit(self, step: float) -> int:
+        """The last iteration the budget reaches at ``step`` seconds a step, the
+        evaluations still to come paid for."""
+        iteration = self.trainer.iter
+        measured = self.evaluation.last_seconds if self.evaluation is not None else None
+        evaluation = measured if measured is not None else self.eval_steps * step
+        left = (self.max_seconds - (time.time() - self.started_at) - self.reserve_seconds
+                - evaluation)
+        period = self.evaluation.period if self.evaluation is not None else 0
+
+        def cost(end: int) -> float:  # of the steps to ``end`` and the evaluations among them
+            periodic = max(0, (end - 1) // period - iteration // period) if period > 0 else 0
+            return (end - iteration) * step + periodic * evaluation
+
+        low, high = iteration, iteration + max(0, math.floor(left / step))
+        while low < high:  # the last end whose cost fits (cost grows with the end)
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if cost(middle) <= left else (low, middle - 1)
+        return low
 
 
 class Checkpointer:
@@ -135,12 +161,12 @@ class Checkpointer:
                 **self.extra,
             }, path)
 
-    def resume(self, path: str | Path) -> tuple[int, int]:
-        """Restore everything from ``path`` — or from the previous checkpoint kept beside
-        it when ``path`` is missing or unreadable (with a warning); returns
-        ``(iteration, max_iter)``."""
-        state, path = load_checkpoint_or_previous(path)
-        self.model.load_state_dict(state["model"])
+    def restore(self, state: dict[str, Any], path: str | Path, hint: str = "") -> tuple[int, int]:
+        """Restore everything from the checkpoint ``state`` read from ``path``; returns
+        ``(iteration, max_iter)``. Weights of another architecture raise
+        ``CheckpointError`` naming the first parameter that does not fit (``hint``
+        appended)."""
+        load_weights(self.model, state["model"], path, hint)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -177,26 +203,55 @@ class PeriodicCheckpointer(HookBase):
 
 
 class MetricsWriter(HookBase):
-    """Progress bar, TensorBoard scalars and ``metrics.jsonl`` lines (rank 0).
+    """Progress bar, log lines, TensorBoard scalars and ``metrics.jsonl`` lines (rank 0).
 
     Every ``period`` steps: each loss and their sum (averaged over processes), the
-    learning rate, the step time and the number of skipped steps. ``write`` records other
-    scalars (the evaluation hook's mAPs).
+    learning rate the step used, the step time and the number of skipped steps — in
+    ``metrics.jsonl`` and TensorBoard, and as one log line (console and ``log.txt``) with
+    the time per iteration and the time left, as detectron2's metrics printer writes it.
+    ``write`` records other scalars (the evaluation hook's mAPs).
+
+    TensorBoard: each fresh run writes into a folder of its own,
+    ``tensorboard/run-<start time>``, so that a rerun into the same output folder is a new
+    run beside the old one; a resumed run continues the newest folder, dropping what the
+    interrupted run had written past the iteration it resumes from.
     """
 
-    def __init__(self, out_dir: str | Path, period: int, *, progress: bool = True) -> None:
+    def __init__(self, out_dir: str | Path, period: int, *, progress: bool = True,
+                 resume: bool = False) -> None:
         self.out_dir, self.period, self.progress = Path(out_dir), period, progress
+        self.resume = resume
         self._bar = self._tensorboard = self._jsonl = None
+        self._iteration_times: deque[float] = deque(maxlen=20)
+
+    def tensorboard_dir(self) -> Path:
+        """This run's TensorBoard folder."""
+        root = self.out_dir / "tensorboard"
+        runs = sorted(p for p in root.glob("run-*") if p.is_dir()) if root.is_dir() else []
+        if self.resume and runs:
+            return runs[-1]
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        folder, number = root / f"run-{stamp}", 1
+        while folder.exists():  # two runs started in the same second
+            number += 1
+            folder = root / f"run-{stamp}-{number}"
+        return folder
 
     def before_train(self) -> None:
+        self._last = time.perf_counter()
         if not is_main_process():
             return
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._tensorboard = SummaryWriter(str(self.out_dir / "tensorboard"))
+        self._tensorboard = SummaryWriter(
+            str(self.tensorboard_dir()),
+            purge_step=self.trainer.start_iter + 1 if self.resume else None)
         self._jsonl = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
+
+    def before_step(self) -> None:
+        self._step_lr = self.trainer.optimizer.param_groups[0]["lr"]  # before the scheduler steps
         if self.progress:
             self._bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter,
                              desc="train", dynamic_ncols=True, smoothing=0.1)
@@ -206,11 +261,16 @@ class MetricsWriter(HookBase):
             return
         for name, value in scalars.items():
             self._tensorboard.add_scalar(name, value, iteration)
-        self._jsonl.write(json.dumps({"iter": iteration, **scalars}) + "\n")
+        # A skipped step's loss is NaN: null in the JSON lines.
+        self._jsonl.write(json.dumps(strict_json({"iter": iteration, **scalars}),
+                                     allow_nan=False) + "\n")
         self._jsonl.flush()
 
     def after_step(self) -> None:
         trainer = self.trainer
+        now = time.perf_counter()
+        self._iteration_times.append(now - self._last)
+        self._last = now
         if self._bar is not None:
             if self._bar.total != trainer.max_iter:
                 self._bar.total = trainer.max_iter
@@ -227,13 +287,27 @@ class MetricsWriter(HookBase):
             losses /= get_world_size()
         scalars = {f"train/{name}": float(value) for name, value in zip(names, losses)}
         scalars["train/total_loss"] = float(losses.sum())
-        scalars["train/lr"] = trainer.optimizer.param_groups[0]["lr"]
+        scalars["train/lr"] = self._step_lr
         scalars["train/step_time"] = trainer.step_time
         scalars["train/skipped_steps"] = float(trainer.skipped_steps)
         self.write(scalars, trainer.iter)
+        if is_main_process():
+            self._log(scalars)
         if self._bar is not None and not self._bar.disable:
             self._bar.set_postfix(loss=f"{scalars['train/total_loss']:.3f}",
                                   lr=f"{scalars['train/lr']:.2e}", refresh=False)
+
+    def _log(self, scalars: dict[str, float]) -> None:
+        """``iter 20/800  total_loss 1.234  cls_loss 0.5 ...  lr 1.00e-03  0.31 s/it  eta
+        0:04:00``."""
+        trainer = self.trainer
+        seconds = statistics.median(self._iteration_times)
+        eta = datetime.timedelta(seconds=round(seconds * (trainer.max_iter - trainer.iter)))
+        losses = "  ".join(f"{name[len('train/'):]} {value:.4f}"
+                           for name, value in scalars.items() if name.endswith("loss"))
+        skipped = (f"  skipped {trainer.skipped_steps}" if trainer.skipped_steps else "")
+        logger.info("iter %d/%d  %s  lr %.3e  %.3f s/it  eta %s%s", trainer.iter,
+                    trainer.max_iter, losses, scalars["train/lr"], seconds, eta, skipped)
 
     def after_train(self) -> None:
         if self._bar is not None:
@@ -255,12 +329,15 @@ class EvalHook(HookBase):
                  period: int = 0, writer: MetricsWriter | None = None) -> None:
         self.evaluate, self.out_dir, self.period, self.writer = evaluate, Path(out_dir), period, writer
         self.metrics: dict[str, Any] | None = None
+        #: How long the last evaluation took (None before the first).
+        self.last_seconds: float | None = None
 
     def _run(self) -> dict[str, Any]:
         start = time.perf_counter()
         metrics, report = self.evaluate()
+        self.last_seconds = time.perf_counter() - start
         metrics = {**metrics, "iteration": self.trainer.iter,
-                   "eval_seconds": round(time.perf_counter() - start, 2)}
+                   "eval_seconds": round(self.last_seconds, 2)}
         if is_main_process():
             print(f"\nevaluation at iteration {self.trainer.iter}:\n{report}", flush=True)
         if self.writer is not None:
@@ -282,6 +359,5 @@ class EvalHook(HookBase):
 
 
 def write_metrics(metrics: dict[str, Any], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    """``metrics.json``: strict JSON (an undefined AP is null), written atomically."""
+    write_json(path, metrics)

@@ -46,6 +46,14 @@ class WarmupSchedule:
             factor *= self.warmup_factor * (1 - alpha) + alpha
         return factor
 
+    def refit(self, max_iters: int, kind: str, steps: list[int], gamma: float) -> None:
+        """Continue as a ``kind`` schedule of ``max_iters`` with ``steps`` (a resumed run
+        given another length or steps): the curve from the current iteration on is the new
+        schedule's; the warm-up, done or under way, is kept."""
+        new = WarmupSchedule(max_iters, kind, steps=steps, gamma=gamma,
+                             warmup_iters=self.warmup_iters, warmup_factor=self.warmup_factor)
+        self.__dict__.update(vars(new))
+
     def shorten(self, max_iters: int) -> None:
         """Compress the schedule to end at ``max_iters`` (step milestones scale along;
         the warm-up, already under way or done, is kept)."""

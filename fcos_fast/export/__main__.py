@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from fcos_fast.config import ConfigError
 from fcos_fast.data import build_dataset
-from fcos_fast.engine.cli import (add_model_arguments, load_model, model_config,
+from fcos_fast.engine.cli import (add_model_arguments, load_detector, model_config,
                                   report_user_errors)
 from fcos_fast.export import StaticFCOS, model_input_size
 
@@ -70,11 +70,13 @@ def _export(args: argparse.Namespace) -> int:
                           f"{args.size[0]} {args.size[1]}")
     config = model_config(args)
     device = torch.device("cpu")
-    model, config, _ = load_model(args, config, device)
+    model, config, categories = load_detector(args, config, device)
     side = config.input.min_size_test
     height, width = args.size if args.size is not None else model_input_size(model, side, side)
     split = args.split or config.data.val_split
     dataset = build_dataset(config, split)
+    if args.evaluate and args.checkpoint is not None:  # scored: the classes must be its own
+        dataset.require_categories(categories, f"checkpoint {args.checkpoint}")
     static = StaticFCOS(model).eval()
     if args.onnx is not None:
         missing = [name for name in ("onnx", "onnxscript", "onnxruntime")

@@ -8,7 +8,8 @@ checks raise ``RuntimeError``), so ``except`` clauses written for either catch i
 """
 
 from fcos_fast.ops import _dispatch
-from fcos_fast.ops._dispatch import BACKEND_ENV_VAR, available_backends
+from fcos_fast.ops._dispatch import (BACKEND_ENV_VAR, BACKEND_NAMES, available_backends,
+                                     unsupported_reasons)
 from fcos_fast.ops._validate import VALIDATE_ENV_VAR, InputError
 from fcos_fast.ops.batched_nms_padded import batched_nms_padded
 from fcos_fast.ops.fcos_assign import fcos_assign
@@ -29,6 +30,8 @@ __all__ = [
     "per_class_topk_padded",
     "batched_nms_padded",
     "available_backends",
+    "unsupported_reasons",
+    "BACKEND_NAMES",
     "InputError",
     "BACKEND_ENV_VAR",
     "VALIDATE_ENV_VAR",

@@ -145,6 +145,9 @@ BACKENDS: dict[str, Backend] = {
     backend.name: backend for backend in (ReferenceBackend(), NativeBackend(), TritonBackend())
 }
 
+#: The names ``backend=`` (and ``$FCOS_FAST_BACKEND``, and ``model.backend``) accept.
+BACKEND_NAMES = tuple(BACKENDS)
+
 
 def load_implementations() -> None:
     """Resolve every backend's functions once, after the op modules are imported."""
@@ -190,14 +193,20 @@ def select(op: str, device: torch.device, backend: str | None = None) -> Callabl
     return BACKENDS["reference"].implementation(op)
 
 
+def unsupported_reasons(backend: str, device: torch.device | str) -> list[str]:
+    """Why ``backend`` cannot run every op on ``device`` (empty when it can)."""
+    device = torch.device(device)
+    reasons: list[str] = []
+    for op in OP_NAMES:
+        reasons += [r for r in BACKENDS[backend].not_supported_reasons(op, device)
+                    if r not in reasons]
+    return reasons
+
+
 def available_backends(device: torch.device | str | None = None) -> list[str]:
     """The backends this install can run on ``device`` (default: CPU), for every op.
 
     Example: ``ops.available_backends("cuda")`` -> ``["reference", "native", "triton"]``.
     """
     device = torch.device("cpu" if device is None else device)
-    return [
-        name
-        for name, backend in BACKENDS.items()
-        if all(not backend.not_supported_reasons(op, device) for op in OP_NAMES)
-    ]
+    return [name for name in BACKENDS if not unsupported_reasons(name, device)]

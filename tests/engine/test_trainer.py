@@ -1,6 +1,7 @@
 """The training loop on a toy model: the update, hooks, the non-finite-loss guard, the budget."""
 
 import itertools
+import json
 import logging
 import math
 import time
@@ -126,3 +127,61 @@ def test_time_budget_already_spent_stops_at_once(caplog):
         trainer.train()
     assert trainer.iter == 1 and trainer.stop_requested
     assert "time budget" in caplog.text
+
+
+class SlowEvaluation(HookBase):
+    """Stands in for ``EvalHook``: every ``period`` steps an evaluation of ``seconds``."""
+
+    def __init__(self, period, seconds):
+        self.period, self.seconds, self.last_seconds, self.runs = period, seconds, None, 0
+
+    def after_step(self):
+        if self.trainer.iter % self.period == 0 and self.trainer.iter < self.trainer.max_iter:
+            time.sleep(self.seconds)
+            self.last_seconds, self.runs = self.seconds, self.runs + 1
+
+
+def test_time_budget_pays_for_the_periodic_evaluations():
+    """Steps of 20 ms and an evaluation of 0.3 s every 10: a 2 s budget holds about 40
+    steps. Counting the steps alone it would plan 100, whose evaluations take 3 s more."""
+    schedule = WarmupSchedule(10_000, "cosine")
+    trainer = _trainer(Toy(), 10_000)
+    evaluation = SlowEvaluation(10, 0.3)
+    budget = TimeBudget(2.0, time.time(), schedule, reserve_seconds=0.0, check_period=2,
+                        warmup_steps=2, evaluation=evaluation)
+    trainer.register_hooks([Slow(), budget, evaluation])
+    start = time.time()
+    trainer.train()
+    assert time.time() - start < 2.0 + 0.5, (trainer.iter, evaluation.runs)
+    assert evaluation.runs >= 1 and trainer.iter == trainer.max_iter < 80
+
+
+def test_time_budget_plans_the_end_with_the_evaluations_before_it():
+    """At iteration 10 with 1.7 s left after the final evaluation (0.3 s): steps of 20 ms
+    and an evaluation every 10 steps end at iteration 50 (40 steps, 3 evaluations: 0.8 +
+    0.9 s); counting the steps alone would plan 95."""
+    evaluation = SlowEvaluation(10, 0.3)
+    evaluation.last_seconds = 0.3
+    budget = TimeBudget(2.0, time.time(), WarmupSchedule(10_000), reserve_seconds=0.0,
+                        evaluation=evaluation)
+    budget.trainer = _trainer(Toy(), 10_000)
+    budget.trainer.iter = 10
+    assert budget._iterations_that_fit(0.02) in (49, 50)  # 49: the clock moved meanwhile
+
+
+def test_a_skipped_steps_nan_loss_is_null_in_the_json_lines(tmp_path):
+    """``metrics.jsonl`` stays strict JSON when a step's loss is NaN (the step skipped)."""
+    from fcos_fast.engine.hooks import MetricsWriter
+
+    trainer = _trainer(Toy(nan_at={0}), 1)
+    writer = MetricsWriter(tmp_path, period=1, progress=False)
+    trainer.register_hooks([writer])
+    trainer.train()
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    record = json.loads(line, parse_constant=refuse)
+    assert record["train/b"] is None and record["train/total_loss"] is None
+    assert record["train/a"] == 3.0 and record["train/skipped_steps"] == 1.0

@@ -117,7 +117,8 @@ def test_a_path_still_works_and_a_missing_one_is_named(tmp_path, hub_checkpoints
 def _weights_overrides(tmp_path):
     return tiny_overrides(tmp_path, **{"model.backbone": "resnet18",
                                        "model.backbone_weights": "IMAGENET1K_V1",
-                                       "solver.max_iters": 2})
+                                       # A warm-up shorter than the run (2 iterations).
+                                       "solver.max_iters": 2, "solver.warmup_iters": 1})
 
 
 def test_train_offline_without_the_file_stops_with_one_line(tmp_path, hub_checkpoints,
