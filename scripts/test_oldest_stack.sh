@@ -9,8 +9,10 @@
 # build/oldest-stack, since the main tree's fcos_fast/_C*.so belongs to the pinned torch.
 # Sources are copied with their times, so an unchanged tree only relinks.
 set -euo pipefail
-PY=$(realpath "${1:?usage: scripts/test_oldest_stack.sh PYTHON [pytest args]}")
+PY=${1:?usage: scripts/test_oldest_stack.sh PYTHON [pytest args]}
 shift
+# Absolute, but not resolved: a venv's python is a symlink to the system one.
+[[ $PY == /* ]] || PY=$PWD/$PY
 cd "$(dirname "$0")/.."
 TREE=build/oldest-stack
 mkdir -p "$TREE"
