@@ -12,10 +12,11 @@ Memory. With a reduction and logits that need a gradient, the forward pass compu
 gradient of the reduced loss as well (as Liger-Kernel's fused cross-entropy does: the
 logits are read once in all) and autograd's backward scales that saved gradient in place
 by the upstream gradient: at the peak, one ``[N, C]`` tensor beside the logits, the
-gradient itself. Because the saved gradient is scaled in place, a second backward through
-the same graph (``retain_graph=True``) and double backward (``create_graph=True``) raise
-instead of returning a wrong gradient. With ``reduction="none"`` (or no gradient needed)
-the forward saves its inputs and a backward kernel recomputes from them.
+gradient itself. When autograd keeps the graph for another backward (``retain_graph=True``)
+the saved gradient is left as it is and backward returns a scaled copy instead, so any
+number of backwards are right. With ``reduction="none"`` (or no gradient needed) the
+forward saves its inputs and a backward kernel recomputes from them. Double backward
+(``create_graph=True``) raises: neither gradient carries a graph of its own.
 """
 
 from __future__ import annotations
@@ -169,6 +170,10 @@ def sigmoid_focal_loss_backward_fake(grad_output, logits, labels, weight, alpha,
     return torch.empty_like(logits)
 
 
+DOUBLE_BACKWARD_ERROR = ("sigmoid_focal_loss: double backward (create_graph=True) is not "
+                         "implemented")
+
+
 def _functionalized(tensor: torch.Tensor) -> bool:
     from torch._subclasses.functional_tensor import FunctionalTensor  # noqa: PLC0415
 
@@ -180,9 +185,12 @@ def register_focal_autograd(forward_op: str, backward_op: Callable) -> None:
     backend returning ``(loss, grad)``.
 
     * ``with_grad``: ``grad`` is the gradient of the loss (upstream 1) from the forward
-      pass; backward scales it in place by the upstream gradient and hands it on. Nothing
+      pass; backward scales it in place by the upstream gradient and hands it on (or, when
+      autograd keeps the graph for another backward, returns the scaled product). Nothing
       else is saved (not even the logits, which the caller may then free).
     * otherwise: the inputs are saved and ``backward_op`` recomputes from them.
+
+    Double backward (``create_graph=True``) raises on both paths.
     """
 
     def setup_context(ctx, inputs, output):
@@ -203,29 +211,29 @@ def register_focal_autograd(forward_op: str, backward_op: Callable) -> None:
     def backward(ctx, grad_loss, _grad_of_grad):
         if grad_loss is None:  # not materialized: nothing flowed back into the loss
             return None, None, None, None, None, None, None
+        if torch.is_grad_enabled():
+            # Neither the fused gradient nor the backward kernel carries a graph of its
+            # dependence on the logits: a second derivative would silently be 0.
+            raise RuntimeError(DOUBLE_BACKWARD_ERROR)
         if not ctx.with_grad:
             logits, labels, weight = ctx.saved_tensors
             grad = backward_op(grad_loss.contiguous(), logits, labels, weight, ctx.alpha,
                                ctx.gamma, ctx.reduction)
             return grad, None, None, None, None, None, None
-        # The saved gradient is scaled in place (no second [N, C] tensor): it can serve
-        # one backward only, and it carries no graph of its own dependence on the logits.
-        if ctx.fused_grad is None:
+        if ctx.fused_grad is None:  # scaled in place by the backward that freed the graph
             raise RuntimeError(
-                "sigmoid_focal_loss: its gradient was computed in the forward pass and has "
-                "been used by a backward already; a second backward through the same graph "
-                "(retain_graph=True) is not supported. Compute the loss again, or use "
-                "reduction='none' and reduce it yourself, which recomputes in backward.")
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "sigmoid_focal_loss: double backward (create_graph=True) is not "
-                "implemented; the fused gradient carries no graph of its own")
-        grad, ctx.fused_grad = ctx.fused_grad, None
-        if _functionalized(grad):
-            # Traced by AOTAutograd (torch.compile, opcheck): the graph may return the
-            # forward's gradient output too, which must not be mutated; the compiler plans
-            # the memory of the out-of-place product itself.
+                "sigmoid_focal_loss: trying to backward through the graph a second time; "
+                "specify retain_graph=True the first time")
+        grad = ctx.fused_grad
+        if _functionalized(grad) or torch._C._autograd._get_current_graph_task_keep_graph():
+            # The graph is kept for another backward (retain_graph=True), which needs the
+            # gradient as it is: a product, a second [N, C] tensor while it lives. Or
+            # AOTAutograd traces this (torch.compile, opcheck), where the forward's gradient
+            # output may be returned too and must not be mutated; the compiler plans the
+            # product's memory.
             return grad * grad_loss, None, None, None, None, None, None
+        # The last use: scaled in place and handed on, the only [N, C] tensor of the loss.
+        ctx.fused_grad = None
         return grad.mul_(grad_loss), None, None, None, None, None, None
 
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)

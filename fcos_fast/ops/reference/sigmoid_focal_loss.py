@@ -30,7 +30,9 @@ def focal_terms(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
     grad_w = s + gamma * torch.where(q == 0, 0.0, softplus * q)
     loss, grad_w = softplus * modulation, modulation * grad_w
     if alpha >= 0:
-        alpha_t = torch.where(positive, alpha, 1 - alpha).to(logits.dtype)
+        # 1 - alpha in double, then rounded once to the logits' dtype, as torchvision's.
+        alpha_t = torch.where(positive, logits.new_full((), alpha),
+                              logits.new_full((), 1 - alpha))
         loss, grad_w = alpha_t * loss, alpha_t * grad_w
     if weight is not None:
         loss, grad_w = loss * weight[:, None], grad_w * weight[:, None]
@@ -56,6 +58,10 @@ class _SigmoidFocalLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_of_grad):
+        if torch.is_grad_enabled():  # the gradient formula is not differentiated again
+            from fcos_fast.ops.sigmoid_focal_loss import DOUBLE_BACKWARD_ERROR  # noqa: PLC0415
+
+            raise RuntimeError(DOUBLE_BACKWARD_ERROR)
         (grad,) = ctx.saved_tensors
         return (grad * grad_loss).to(ctx.dtype), None, None, None, None, None
 
