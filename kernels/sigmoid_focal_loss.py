@@ -36,8 +36,6 @@ from fcos_fast.ops.sigmoid_focal_loss import (register_focal_autograd,
 
 __all__ = ["sigmoid_focal_loss"]
 
-# GAMMA: (1 - p_t)^gamma as a square, as 1, or as exp(gamma * log(1 - p_t)) (focal_math.h).
-GAMMA_TWO, GAMMA_ZERO, GAMMA_OTHER = 0, 1, 2
 # LOSS: none (backward), stored per element, or summed per program.
 LOSS_NONE, LOSS_STORE, LOSS_PARTIAL_SUMS = 0, 1, 2
 # GRAD: none, times one scale for all (with_grad; backward of mean/sum), or times the
@@ -62,15 +60,12 @@ def _log(x):
 
 
 @triton.jit
-def _sigmoid_focal_loss_kernel(logits_ptr, labels_ptr, weight_ptr, alpha_ptr, gamma_ptr,
-                               scale_ptr, loss_ptr, grad_ptr, num_elements, num_classes,
-                               USE_ALPHA: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                               GAMMA: tl.constexpr, LOSS: tl.constexpr, GRAD: tl.constexpr,
-                               WIDE: tl.constexpr, BLOCK: tl.constexpr):
-    if WIDE:  # past 2^31 elements: 64-bit offsets (and divisions)
-        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    else:
-        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+def _sigmoid_focal_loss_kernel(logits_ptr, labels_ptr, weight_ptr, params_ptr, scale_ptr,
+                               loss_ptr, grad_ptr, num_elements, num_classes, partial_offset,
+                               HAS_WEIGHT: tl.constexpr, LOSS: tl.constexpr, GRAD: tl.constexpr,
+                               BLOCK: tl.constexpr):
+    """params_ptr: (alpha of the positive class, alpha of the negatives, gamma)."""
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offsets < num_elements
     if logits_ptr.dtype.element_ty == tl.float64:
         x = tl.load(logits_ptr + offsets, mask=ok, other=0.0)
@@ -78,33 +73,25 @@ def _sigmoid_focal_loss_kernel(logits_ptr, labels_ptr, weight_ptr, alpha_ptr, ga
         x = tl.load(logits_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
     row = offsets // num_classes
     label = tl.load(labels_ptr + row, mask=ok, other=-1)
-    positive = (offsets - row * num_classes) == label
+    positive = (offsets - row * num_classes) == label  # no label outside [0, C) matches
 
     # focal_math.h, terms(): w = x on a negative class, -x on the positive one.
     w = tl.where(positive, -x, x)
     e = _exp(-tl.abs(w))
     d = 1.0 + e
     r = div_rn(tl.full(d.shape, 1.0, d.dtype), d)
-    log1p_e = _log(d) - ((d - 1.0) - e) * r
+    log1p_e = _log(d) - ((d - 1.0) - e) * r  # log1p(e): log(1 + e) corrected for its rounding
     er = e * r
     ahead = w >= 0
     softplus = tl.where(w > 0, w, 0.0) + log1p_e
     sigmoid = tl.where(ahead, r, er)
     sigmoid_neg = tl.where(ahead, er, r)
-    if GAMMA == 0:
-        modulation = sigmoid * sigmoid
-        gamma = 2.0
-    elif GAMMA == 1:
-        modulation = tl.full(x.shape, 1.0, x.dtype)
-        gamma = 0.0
-    else:
-        gamma = tl.load(gamma_ptr)
-        modulation = _exp(gamma * (tl.where(w < 0, w, 0.0) - log1p_e))
-    if USE_ALPHA:
-        alpha = tl.load(alpha_ptr)
-        alpha_t = tl.where(positive, alpha, 1.0 - alpha)
-    else:
-        alpha_t = tl.full(x.shape, 1.0, x.dtype)
+    gamma = tl.load(params_ptr + 2)
+    # (1 - p_t)^gamma = exp(gamma * log sigmoid(w)), and exactly 1 for gamma = 0 (where
+    # exp(0 * -inf) would be NaN).
+    modulation = tl.where(gamma == 0, 1.0,
+                          _exp(gamma * (tl.where(w < 0, w, 0.0) - log1p_e)))
+    alpha_t = tl.where(positive, tl.load(params_ptr), tl.load(params_ptr + 1))
     if HAS_WEIGHT:
         row_weight = tl.load(weight_ptr + row, mask=ok, other=0.0)
 
@@ -115,7 +102,8 @@ def _sigmoid_focal_loss_kernel(logits_ptr, labels_ptr, weight_ptr, alpha_ptr, ga
         if LOSS == 1:
             tl.store(loss_ptr + offsets, loss, mask=ok)
         else:
-            tl.store(loss_ptr + tl.program_id(0), tl.sum(tl.where(ok, loss, 0.0)))
+            tl.store(loss_ptr + partial_offset + tl.program_id(0),
+                     tl.sum(tl.where(ok, loss, 0.0)))
     if GRAD != 0:
         # focal_math.h, grad_w(): softplus * sigmoid(-w) is 0 where sigmoid(-w) is.
         tail = tl.where(sigmoid_neg == 0, 0.0, softplus * sigmoid_neg)
@@ -130,48 +118,77 @@ def _sigmoid_focal_loss_kernel(logits_ptr, labels_ptr, weight_ptr, alpha_ptr, ga
         tl.store(grad_ptr + offsets, grad.to(grad_ptr.dtype.element_ty), mask=ok)
 
 
-# Launch configuration. Elementwise and bound by exp, log and a division per element:
-# 16 bytes of logits per thread (4 float32, 8 bfloat16/float16, 2 float64: one vector
-# load each), 4 warps. Small inputs take one program of the next power of two, with fewer
-# warps. The table of registers: benchmarks/results/triton_launch_configs.md.
+# Launch configuration. Elementwise and bound by memory and by exp, log (twice: the
+# general (1 - p_t)^gamma, which gamma = 2 takes too: one compiled variant fewer per
+# launch kind, and cheap beside the memory traffic on a GPU) and a division per element:
+# 16 bytes of logits per thread (4 float32, 8 bfloat16/float16, 2 float64: one vector load
+# each) at 4 warps, whatever the size (focal losses are large; a small one wastes lanes
+# of one program, not time). The table of registers:
+# benchmarks/results/triton_launch_configs.md.
 _WARPS = 4
-_WIDE = 2**31  # elements from which offsets are 64-bit
+# Elements per launch: offsets stay 32-bit (pid * BLOCK + BLOCK < 2^31); larger inputs
+# are launched in chunks of rows.
+MAX_LAUNCH_ELEMENTS = 2**31 - 2**16
 
 
-def launch_config(num_elements: int, dtype: torch.dtype, *, loss: int, grad: int, gamma: int,
-                  use_alpha: bool, has_weight: bool) -> LaunchConfig:
-    """``_sigmoid_focal_loss_kernel``: one program per ``BLOCK`` elements.
-    ``num_elements > 0``."""
-    per_thread = 16 // torch.empty((), dtype=dtype).element_size()
-    block = min(_WARPS * 32 * per_thread, max(16, next_power_of_2(num_elements)))
-    return LaunchConfig((triton.cdiv(num_elements, block),), max(1, block // (32 * per_thread)),
-                        {"USE_ALPHA": use_alpha, "HAS_WEIGHT": has_weight, "GAMMA": gamma,
-                         "LOSS": loss, "GRAD": grad, "WIDE": num_elements >= _WIDE,
-                         "BLOCK": block})
+def launch_config(num_elements: int, dtype: torch.dtype, *, loss: int, grad: int,
+                  has_weight: bool) -> LaunchConfig:
+    """``_sigmoid_focal_loss_kernel``: one program per ``BLOCK`` elements of a launch of
+    ``0 < num_elements <= MAX_LAUNCH_ELEMENTS``."""
+    block = _WARPS * 32 * (16 // _ELEMENT_SIZE[dtype])
+    return LaunchConfig((triton.cdiv(num_elements, block),), _WARPS,
+                        {"HAS_WEIGHT": has_weight, "LOSS": loss, "GRAD": grad, "BLOCK": block})
 
 
-def gamma_mode(gamma: float) -> int:
-    return GAMMA_TWO if gamma == 2.0 else GAMMA_ZERO if gamma == 0.0 else GAMMA_OTHER
+_ELEMENT_SIZE = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 4, torch.float64: 8}
 
 
-def _launch(config: LaunchConfig, logits, labels, weight, alpha, gamma, *, scale=None,
-            loss=None, grad=None, compute_like: torch.Tensor) -> None:
-    """One launch. alpha and gamma go in as one-element tensors of the computing dtype
-    (``_common``: one rounding rule on every device); pointers a launch does not read get
-    a tensor of their dtype (the constexprs keep them unread)."""
-    alpha_t = scalar_tensor(alpha, compute_like)
-    gamma_t = (scalar_tensor(gamma, compute_like)
-               if config.constexprs["GAMMA"] == GAMMA_OTHER else alpha_t)
-    wrap_triton(_sigmoid_focal_loss_kernel)[config.grid](
-        logits, labels, alpha_t if weight is None else weight, alpha_t, gamma_t,
-        alpha_t if scale is None else scale, alpha_t if loss is None else loss,
-        logits if grad is None else grad, logits.numel(), logits.shape[1], **config.kwargs)
+def row_chunks(num_rows: int, num_classes: int) -> list[tuple[int, int]]:
+    """``[first, last)`` rows of each launch, at most MAX_LAUNCH_ELEMENTS elements each.
+    Chunks are multiples of 16,384 rows where that fits, so that every slice keeps its
+    pointers 16-byte aligned and each launch's per-program sums start at a multiple of 16,
+    as in the specialisation a single launch compiles."""
+    rows = MAX_LAUNCH_ELEMENTS // max(num_classes, 1)
+    rows = max(1, rows // 16384 * 16384 if rows >= 16384 else rows)
+    return [(first, min(num_rows, first + rows)) for first in range(0, num_rows, rows)]
 
 
-def _config(logits, weight, alpha, gamma, *, loss, grad) -> LaunchConfig:
-    return launch_config(logits.numel(), logits.dtype, loss=loss, grad=grad,
-                         gamma=gamma_mode(gamma), use_alpha=alpha >= 0,
-                         has_weight=weight is not None)
+def _params(alpha: float, gamma: float, like: torch.Tensor) -> torch.Tensor:
+    """``(alpha_t of the positive class, of the negatives, gamma)`` in the computing dtype
+    (``_common``: one rounding rule on every device), filled with each value as a kernel
+    argument (no host-to-device copy, no sync); alpha < 0 weighs both by 1."""
+    alpha_positive, alpha_negative = (alpha, 1.0 - alpha) if alpha >= 0 else (1.0, 1.0)
+    params = like.new_full((3,), alpha_positive)
+    params[1].fill_(alpha_negative)
+    params[2].fill_(gamma)
+    return params
+
+
+def _launches(logits, labels, weight, params, *, loss_mode, grad_mode, scale=None, loss=None,
+              grad=None) -> int:
+    """Launches the kernel over every chunk of rows; the number of programs (per-program
+    sums written to ``loss`` for LOSS_PARTIAL_SUMS)."""
+    num_rows, num_classes = logits.shape
+    programs = 0
+    for first, last in row_chunks(num_rows, num_classes):
+        config = launch_config((last - first) * num_classes, logits.dtype, loss=loss_mode,
+                               grad=grad_mode, has_weight=weight is not None)
+        rows = slice(first, last)
+        wrap_triton(_sigmoid_focal_loss_kernel)[config.grid](
+            logits[rows], labels[rows], params if weight is None else weight[rows], params,
+            params if scale is None else (scale[rows] if grad_mode == GRAD_UPSTREAM else scale),
+            params if loss is None else (loss[rows] if loss_mode == LOSS_STORE else loss),
+            logits[rows] if grad is None else grad[rows], (last - first) * num_classes,
+            num_classes, programs, **config.kwargs)
+        programs += config.grid[0]
+    return programs
+
+
+def num_programs(logits: torch.Tensor) -> int:
+    num_rows, num_classes = logits.shape
+    return sum(launch_config((last - first) * num_classes, logits.dtype, loss=LOSS_STORE,
+                             grad=GRAD_NONE, has_weight=False).grid[0]
+               for first, last in row_chunks(num_rows, num_classes))
 
 
 def sigmoid_focal_loss_forward(logits: torch.Tensor, labels: torch.Tensor,
@@ -193,23 +210,23 @@ def sigmoid_focal_loss_forward(logits: torch.Tensor, labels: torch.Tensor,
     with device_guard(logits):
         if reduction == "none":
             loss = logits.new_empty((num_rows, num_classes), dtype=compute)
-            config = _config(logits, weight, alpha, gamma, loss=LOSS_STORE, grad=grad_mode)
+            params = _params(alpha, gamma, loss)
             scale = scalar_tensor(1.0, loss) if with_grad else None
-            _launch(config, logits, labels, weight, alpha, gamma, scale=scale, loss=loss,
-                    grad=grad if with_grad else None, compute_like=loss)
+            _launches(logits, labels, weight, params, loss_mode=LOSS_STORE, grad_mode=grad_mode,
+                      scale=scale, loss=loss, grad=grad if with_grad else None)
             return loss, grad
-        config = _config(logits, weight, alpha, gamma, loss=LOSS_PARTIAL_SUMS, grad=grad_mode)
-        num_programs = config.grid[0]
-        partials = logits.new_empty((num_programs,), dtype=compute)
+        partials = logits.new_empty((num_programs(logits),), dtype=compute)
+        params = _params(alpha, gamma, partials)
         # The gradient of the mean divides by N * C, as autograd's mean backward does.
         scale = (scalar_tensor(1.0 / num_elements if reduction == "mean" else 1.0, partials)
                  if with_grad else None)
-        _launch(config, logits, labels, weight, alpha, gamma, scale=scale, loss=partials,
-                grad=grad if with_grad else None, compute_like=partials)
+        count = _launches(logits, labels, weight, params, loss_mode=LOSS_PARTIAL_SUMS,
+                          grad_mode=grad_mode, scale=scale, loss=partials,
+                          grad=grad if with_grad else None)
         total = logits.new_empty((), dtype=compute)
         config = sum_partials_launch_config(reduction)
         wrap_triton(_sum_partials_kernel)[config.grid](
-            partials, total, num_programs, num_elements, **config.kwargs)
+            partials, total, count, num_elements, **config.kwargs)
         return total, grad
 
 
@@ -227,12 +244,13 @@ def sigmoid_focal_loss_backward(grad_output: torch.Tensor, logits: torch.Tensor,
     if reduction == "mean":
         # d(sum / (N * C)) = grad / (N * C), the very division autograd's mean backward makes.
         grad_output = grad_output / num_elements
-    grad_mode = GRAD_UPSTREAM if reduction == "none" else GRAD_SCALED
     with device_guard(logits):
-        config = _config(logits, weight, alpha, gamma, loss=LOSS_NONE, grad=grad_mode)
-        _launch(config, logits, labels, weight, alpha, gamma,
-                scale=grad_output.contiguous().reshape(-1), grad=grad,
-                compute_like=grad_output)
+        _launches(logits, labels, weight, _params(alpha, gamma, grad_output),
+                  loss_mode=LOSS_NONE,
+                  grad_mode=GRAD_UPSTREAM if reduction == "none" else GRAD_SCALED,
+                  scale=grad_output.contiguous().reshape(logits.shape if reduction == "none"
+                                                         else (1,)),
+                  grad=grad)
     return grad
 
 
