@@ -493,20 +493,23 @@ pytestmark_native = pytest.mark.skipif(
 
 @pytestmark_native
 def test_native_reduction_does_not_depend_on_threads():
-    """Fixed chunks added in order: bitwise the same with 1 and 2 threads."""
+    """Fixed chunks added in order: bitwise the same with 1 and 2 threads. (float64: its
+    sum is accumulated in float64 too, so another grouping of the chunks shows in its last
+    bits; a float32 sum accumulated in double rarely would.)"""
     logits, labels, _ = _case(11, 3001, 80)
-    logits = logits.float()
     threads = torch.get_num_threads()
-    results = []
-    try:
-        for count in (1, 2):
-            torch.set_num_threads(count)
-            results.append(torch.ops.fcos_fast.sigmoid_focal_loss(
-                logits, labels, None, 0.25, 2.0, "sum", True))
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
+    for rows in (1000, 2000, 3001):  # another grouping can round to the same by chance
+        for dtype in (torch.float32, torch.float64):
+            results = []
+            try:
+                for count in (1, 2):
+                    torch.set_num_threads(count)
+                    results.append(torch.ops.fcos_fast.sigmoid_focal_loss(
+                        logits[:rows].to(dtype), labels[:rows], None, 0.25, 2.0, "sum", True))
+            finally:
+                torch.set_num_threads(threads)
+            for a, b in zip(*results):
+                assert torch.equal(a, b), (rows, dtype)
 
 
 @pytestmark_native
