@@ -15,6 +15,7 @@ diverged model's loss must be NaN (the trainer skips the step), never an excepti
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -582,6 +583,20 @@ CUDA_BACKENDS = [pytest.param("native", marks=pytest.mark.cuda),
                  pytest.param("triton", marks=pytest.mark.cuda)]
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_case(dtype: torch.dtype, reduction: str):
+    """The inputs on the GPU and the float64 reference's loss and gradient (computed on the
+    GPU too, once for both backends)."""
+    n = 16 * 22_300 // (4 if dtype == torch.float64 else 1)
+    logits, labels, weight = _case(14, n, 80, scale=6.0, background=0.9, weighted=True)
+    logits[::997, 3] = 60.0  # confident rows
+    compute = torch.promote_types(dtype, torch.float32)
+    x, y, w = logits.to("cuda", dtype), labels.cuda(), weight.to("cuda", compute)
+    expected = _loss_and_grad(_ours("reference"), x.double(), y, w.double(), 0.25, 2.0,
+                              reduction, device="cuda")
+    return x, y, w, tuple(t.cpu() for t in expected)
+
+
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -589,14 +604,8 @@ def test_cuda_full_size_matches_the_float64_reference(backend, dtype, reduction)
     """The COCO batch shape of the issue (16 images of 22,300 points, 80 classes; float64
     at a quarter of it), forward and backward with no host sync, bitwise the same run to
     run."""
-    n = 16 * 22_300 // (4 if dtype == torch.float64 else 1)
-    logits, labels, weight = _case(14, n, 80, scale=6.0, background=0.9, weighted=True)
-    logits[::997, 3] = 60.0  # confident rows
-    compute = torch.promote_types(dtype, torch.float32)
-    expected = _loss_and_grad(_ours("reference"), logits.to(dtype).double(), labels,
-                              weight.to(compute).double(), 0.25, 2.0, reduction)
-    x, y, w = logits.to("cuda", dtype), labels.cuda(), weight.to("cuda", compute)
-    upstream = _upstream(expected[0].shape, compute, "cuda")
+    x, y, w, expected = _cuda_case(dtype, reduction)
+    upstream = _upstream(expected[0].shape, w.dtype, "cuda")
     runs = []
     for _ in range(2):
         z = x.detach().requires_grad_(True)
@@ -608,7 +617,7 @@ def test_cuda_full_size_matches_the_float64_reference(backend, dtype, reduction)
     for a, b in zip(*runs):
         assert torch.equal(a, b)
     loss, grad = runs[0]
-    assert loss.dtype == compute and grad.dtype == dtype
+    assert loss.dtype == w.dtype and grad.dtype == dtype
     rtol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 1e-5}[dtype]
     _assert_near(loss, expected[0], rtol)
     _assert_near(grad, expected[1], 2 * torch.finfo(dtype).eps if dtype == torch.bfloat16
