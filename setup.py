@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import platform
 import re
 import shutil
 import sys
@@ -65,6 +66,64 @@ def _nvidia_include_dirs() -> list[str]:
     return sorted(set(dirs))
 
 
+# The kernels under csrc/ops/cpu/vectorized are compiled once per CPU capability with
+# ATen's flags for it (cmake/Codegen.cmake), each into its own namespace
+# (-DCPU_CAPABILITY=<name>), and the op picks one at run time by at::get_cpu_capability(),
+# as ATen does for its own kernels: one wheel, AVX512 where the CPU has it, AVX2 or plain
+# C++ elsewhere.
+CPU_CAPABILITY_FLAGS = {"DEFAULT": []}
+if platform.machine().lower() in ("x86_64", "amd64"):
+    # -mf16c: ATen's Vectorized<Half> converts with F16C, which every AVX2 + FMA CPU
+    # (what at::get_cpu_capability() requires for AVX2) has.
+    CPU_CAPABILITY_FLAGS["AVX2"] = ["-mavx2", "-mfma", "-mf16c",
+                                    "-mno-avx256-split-unaligned-load",
+                                    "-mno-avx256-split-unaligned-store"]
+    CPU_CAPABILITY_FLAGS["AVX512"] = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+                                      "-mfma"]
+
+
+def _capability_sources(build_temp: str) -> dict[str, list[str]]:
+    """One generated source per (kernel, capability): a line that includes the kernel,
+    so that each capability's object file has its own name."""
+    sources: dict[str, list[str]] = {}
+    folder = Path(build_temp) / "cpu_capability"
+    folder.mkdir(parents=True, exist_ok=True)
+    for kernel in sorted(glob.glob(str(CSRC / "ops" / "cpu" / "vectorized" / "*.cpp"))):
+        for capability in CPU_CAPABILITY_FLAGS:
+            wrapper = folder / f"{Path(kernel).stem}.{capability}.cpp"
+            text = f'#include "{Path(kernel).relative_to(CSRC).as_posix()}"\n'
+            if not wrapper.exists() or wrapper.read_text() != text:  # keep ninja's timestamps
+                wrapper.write_text(text)
+            sources.setdefault(capability, []).append(str(wrapper))
+    return sources
+
+
+def _build_ext_class(base):
+    class BuildExtensionWithCapabilities(base):
+        """``BuildExtension`` that also compiles the per-capability CPU kernels."""
+
+        def build_extension(self, ext):
+            objects = []
+            cxx = ext.extra_compile_args["cxx"] if isinstance(ext.extra_compile_args, dict) \
+                else list(ext.extra_compile_args)
+            for capability, sources in _capability_sources(self.build_temp).items():
+                macros = ext.define_macros + [("CPU_CAPABILITY", capability),
+                                              (f"CPU_CAPABILITY_{capability}", None)]
+                flags = cxx + CPU_CAPABILITY_FLAGS[capability]
+                objects += self.compiler.compile(
+                    sources, output_dir=os.path.join(self.build_temp, capability),
+                    macros=macros, include_dirs=ext.include_dirs, debug=self.debug,
+                    extra_postargs={"cxx": flags, "nvcc": []}, depends=ext.depends)
+            # After the generic objects on the link line: where a capability's object and a
+            # generic one both hold an inline function (of a c10 header, say), the linker
+            # keeps the first, the generic one, so no AVX512 code runs outside the AVX512
+            # path (ATen's NOTE [Linking AVX and non-AVX files]).
+            ext.extra_objects = list(ext.extra_objects or []) + objects
+            super().build_extension(ext)
+
+    return BuildExtensionWithCapabilities
+
+
 def _extensions():
     if os.environ.get("FCOS_FAST_NO_EXTENSION") == "1":
         return [], {}
@@ -84,6 +143,7 @@ def _extensions():
         and bool(cuda_sources)
     )
     define_macros = [("TORCH_EXTENSION_NAME", "_C")]
+    define_macros += [(f"FCOS_FAST_CPU_CAPABILITY_{name}", None) for name in CPU_CAPABILITY_FLAGS]
     # No FMA contraction: the kernels reproduce PyTorch's arithmetic bit for bit
     # (csrc/ops/box_math.h), and a fused a*b+c rounds once where PyTorch rounds twice.
     # -fno-trapping-math changes no result (FP exceptions are never observed); it lets
@@ -125,7 +185,7 @@ def _extensions():
             extra_link_args=extra_link,
         )
     print(f"fcos_fast: building _C with{'' if with_cuda else 'out'} CUDA", file=sys.stderr)
-    return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return [extension], {"build_ext": _build_ext_class(BuildExtension).with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = _extensions()

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from fcos_fast.kernels import (batched_nms_padded, fcos_assign, giou_loss, nms, per_class_topk,
-                               per_class_topk_padded)
+                               per_class_topk_padded, sigmoid_focal_loss)
 
 ARCHS = (80, 90)
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -63,6 +63,19 @@ TOPK_CLASSES = 80
 # (slots) past the NMS sweep's last warp change.
 PADDED_SEGMENTS = 16 * 80
 PADDED_MAX_SLOTS = 40_000
+# The focal loss: its configuration depends on the logits' dtype only (a fixed block), so
+# one FCOS-like shape per dtype and launch kind; the logits' dtypes it reads as they are.
+FOCAL_ROWS, FOCAL_CLASSES = 17_821, 80
+FOCAL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# Kernels that call libdevice's exp and log (the functions CUDA's expf/logf and exp/log
+# are): those are fma polynomials; expf reduces its argument to an ex2.approx.ftz of
+# [-1, 1] (scaling the result after, so subnormal results stay) and log(double) seeds a
+# Newton iteration with rcp.approx.ftz.f64. Such a kernel promises tolerances, not bits; it
+# still compiles with EXACT_FP (no contraction of its own arithmetic, no flush-to-zero
+# elsewhere), so its checks allow fma and only libdevice's own .ftz opcodes (the control
+# focal_default_fp_options shows what EXACT_FP removes from it).
+LIBDEVICE_KERNELS = {"_sigmoid_focal_loss_kernel"}
+LIBDEVICE_FTZ = {"ex2.approx.ftz.f32", "rcp.approx.ftz.f64"}
 
 
 # ---------------------------------------------------------------- cases
@@ -237,10 +250,44 @@ def _padded_topk_cases() -> list[Case]:
     return cases
 
 
+# The focal loss's launch kinds: the forward with the loss stored or summed, with and
+# without the gradient of the reduced loss; the backward of "none" (an upstream gradient
+# per element) and of "sum" (one for all).
+FOCAL_VARIANTS = ("none", "none-grad", "sum", "mean-grad", "backward-none", "backward-sum")
+
+
+def _focal_cases(shapes: Iterable[tuple[int, int]] | None = None) -> list[Case]:
+    cases = []
+    for dtype in FOCAL_DTYPES:
+        compute = torch.promote_types(dtype, torch.float32)
+        for rows, classes in shapes or [(FOCAL_ROWS, FOCAL_CLASSES)]:
+            for weighted in (False, True):
+                for variant in FOCAL_VARIANTS:
+                    def run(rows=rows, classes=classes, dtype=dtype, weighted=weighted,
+                            variant=variant):
+                        logits = _fake(rows, classes, dtype=dtype)
+                        labels = _fake(rows, dtype=torch.int64)
+                        weight = _fake(rows, dtype=compute) if weighted else None
+                        if variant.startswith("backward-"):
+                            reduction = variant.removeprefix("backward-")
+                            upstream = _fake(*((rows, classes) if reduction == "none" else ()),
+                                             dtype=compute)
+                            sigmoid_focal_loss.sigmoid_focal_loss_backward(
+                                upstream, logits, labels, weight, 0.25, 2.0, reduction)
+                        else:
+                            sigmoid_focal_loss.sigmoid_focal_loss_forward(
+                                logits, labels, weight, 0.25, 2.0, variant.split("-")[0],
+                                variant.endswith("-grad"))
+                    name = variant + ("-weight" if weighted else "")
+                    cases.append(Case("sigmoid_focal_loss", dtype,
+                                      (("N", rows), ("C", classes)), name, run))
+    return cases
+
+
 def cases() -> list[Case]:
     """One case per side of every boundary of every launcher's choice, per dtype."""
     return (_nms_cases() + _giou_cases() + _assign_cases() + _topk_cases()
-            + _padded_nms_cases() + _padded_topk_cases())
+            + _padded_nms_cases() + _padded_topk_cases() + _focal_cases())
 
 
 def held_out_cases(count: int, seed: int = 0) -> list[Case]:
@@ -252,7 +299,9 @@ def held_out_cases(count: int, seed: int = 0) -> list[Case]:
             + _giou_cases(sorted(rng.sample(range(2, GIOU_PAIRS), count)))
             + _assign_cases(sorted(rng.sample(range(2, ASSIGN_SLOTS), count)))
             + _topk_cases(sorted((rng.randrange(1, 100_000), rng.randrange(1, 4097))
-                                 for _ in range(count))))
+                                 for _ in range(count)))
+            + _focal_cases(sorted((rng.randrange(1, 50_000), rng.randrange(1, 1000))
+                                  for _ in range(count))))
 
 
 # Shared memory a program may use: sm_80 (A100) and sm_90 (H100) opt-in limits.
@@ -267,8 +316,11 @@ def problems(launch: dict) -> list[str]:
     if launch["spill_stores"] or launch["spill_loads"] or launch["stack_bytes"]:
         found.append(f"spills ({launch['registers']} registers, {launch['spill_stores']} "
                      f"bytes of spill stores, {launch['stack_bytes']} bytes of stack)")
-    if launch["fma"] or launch["ftz"]:
-        found.append(f"{launch['fma']} fma and {launch['ftz']} .ftz instructions")
+    fma, ftz = launch["fma"], launch["ftz"]
+    if launch["kernel"] in LIBDEVICE_KERNELS:
+        fma, ftz = 0, len(set(launch["ftz_ops"]) - LIBDEVICE_FTZ)
+    if fma or ftz:
+        found.append(f"{fma} fma and {ftz} .ftz instructions")
     if launch["shared_bytes"] > SHARED_LIMIT[launch["arch"]]:
         found.append(f"{launch['shared_bytes']} bytes of shared memory")
     return found
@@ -417,6 +469,7 @@ def compile_launch(job: dict) -> dict:
         "num_warps": compiled.metadata.num_warps,
         "fma": sum(op.startswith("fma.") for op in instructions),
         "ftz": sum(".ftz" in op for op in instructions),
+        "ftz_ops": sorted({op for op in instructions if ".ftz" in op}),
         "cubin_bytes": len(compiled.asm["cubin"]),
         "compile_seconds": round(seconds, 2),
     }
@@ -453,6 +506,11 @@ CONTROLS = {
     # The sweep at 16 warps with 8 rows in flight (128 registers at most).
     "nms_sweep_16_warps": (
         lambda: _nms_cases([40_000])[0], "_nms_sweep_kernel", {"num_warps": 16, "CHUNK": 2048}),
+    # The focal loss (its float32 forward with the gradient) with Triton's default fp
+    # options: more fma than with EXACT_FP (its own arithmetic contracted), and .ftz.
+    "focal_default_fp_options": (
+        lambda: _focal_cases()[3], "_sigmoid_focal_loss_kernel",
+        {"enable_fp_fusion": True, "enable_reflect_ftz": True}),
 }
 
 

@@ -166,8 +166,35 @@ def run_fcos_assign(ops, backend: str, device: torch.device, sizes: Sizes,
                         backend=backend)
 
 
+def run_sigmoid_focal_loss(ops, backend: str, device: torch.device, sizes: Sizes,
+                           g: torch.Generator) -> None:
+    """Rows that end inside a thread's 16 bytes (C = 3, 7), C = 1, logits one element off
+    16-byte alignment (odd N: the scalar path), every dtype, weight or not, every
+    reduction and both backward paths (the fused gradient, the backward kernel); NaN/inf
+    logits and labels out of range."""
+    for n, classes in ((0, 5), (1, 1), (63, 3), (64, 7), (65, 80), (sizes.points, 20)):
+        for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+            flat = (torch.randn(n * classes + 1, generator=g) * 5).to(device, dtype)
+            logits = (flat[1:] if n % 2 else flat[:-1]).view(n, classes)
+            labels = torch.randint(-1, classes, (n,), generator=g)
+            if n > 10:
+                logits[3, 0] = NAN
+                logits[5, -1] = INF
+                labels[7] = classes + 5  # unchecked: a background row
+            labels = labels.to(device)
+            weight = torch.rand(n, generator=g).to(device, torch.promote_types(
+                dtype, torch.float32))
+            for reduction in ("none", "mean", "sum"):
+                for w in (None, weight):
+                    x = logits.detach().requires_grad_(True)
+                    loss = ops.sigmoid_focal_loss(x, labels, weight=w, reduction=reduction,
+                                                  gamma=2.0 if w is None else 1.5,
+                                                  backend=backend)
+                    loss.sum().backward()
+
+
 RUNS = (run_nms, run_giou_loss, run_per_class_topk, run_per_class_topk_padded,
-        run_batched_nms_padded, run_fcos_assign)
+        run_batched_nms_padded, run_fcos_assign, run_sigmoid_focal_loss)
 
 
 def main(argv: list[str] | None = None) -> int:

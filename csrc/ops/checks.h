@@ -3,6 +3,7 @@
 // calls, so that no input reaches a kernel that could make it read out of bounds.
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -134,6 +135,44 @@ inline void batched_nms_padded_inputs(c10::DeviceType device_type, const at::Ten
   TORCH_CHECK(idxs->scalar_type() == at::kLong, "idxs must be int64, got ",
               idxs->scalar_type());
   on_one_device("batched_nms_padded", device_type, {&boxes, &scores, &counts, &*idxs});
+}
+
+// sigmoid_focal_loss: logits [N, C] (float, double, BFloat16, Half), int64 labels [N],
+// optional weight [N] in the logits' computing dtype.
+inline void focal_inputs(c10::DeviceType device_type, const at::Tensor& logits,
+                         const at::Tensor& labels, const std::optional<at::Tensor>& weight) {
+  TORCH_CHECK(logits.dim() == 2, "logits must be [N, C], got ", logits.sizes());
+  TORCH_CHECK(at::isFloatingType(logits.scalar_type()), "logits must be floating, got ",
+              logits.scalar_type());
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == logits.size(0),
+              "labels must be [N] with N = logits.size(0), got ", labels.sizes());
+  TORCH_CHECK(labels.scalar_type() == at::kLong, "labels must be int64, got ",
+              labels.scalar_type());
+  if (!weight.has_value()) {
+    on_one_device("sigmoid_focal_loss", device_type, {&logits, &labels});
+    return;
+  }
+  TORCH_CHECK(weight->dim() == 1 && weight->size(0) == logits.size(0),
+              "weight must be [N] with N = logits.size(0), got ", weight->sizes());
+  TORCH_CHECK(weight->scalar_type() == at::toOpMathType(logits.scalar_type()),
+              "weight must be in the computing dtype of the logits, ",
+              at::toOpMathType(logits.scalar_type()), ", got ", weight->scalar_type());
+  on_one_device("sigmoid_focal_loss", device_type, {&logits, &labels, &*weight});
+}
+
+// grad_output of sigmoid_focal_loss: [N, C] for 'none', a single value for 'mean' and 'sum'.
+inline void focal_grad_output(c10::DeviceType device_type, const at::Tensor& grad_output,
+                              const at::Tensor& logits, Reduction reduction) {
+  if (reduction == Reduction::kNone) {
+    TORCH_CHECK(grad_output.sizes() == logits.sizes(),
+                "grad_output must be [N, C] like logits for reduction='none', got ",
+                grad_output.sizes());
+  } else {
+    TORCH_CHECK(grad_output.numel() == 1,
+                "grad_output must be a scalar for reduction='mean' or 'sum', got ",
+                grad_output.sizes());
+  }
+  on_one_device("sigmoid_focal_loss_backward", device_type, {&logits, &grad_output});
 }
 
 }  // namespace checks

@@ -137,6 +137,11 @@ def sigmoid_focal_loss_sum(logits: Tensor, targets: Tensor, *, alpha: float = 0.
     """``torchvision.ops.sigmoid_focal_loss(logits, targets.float(), alpha, gamma,
     reduction="sum")`` for 0/1 targets, in 9 operators instead of 16.
 
+    The composition the losses used before the fused ``ops.sigmoid_focal_loss`` (one
+    operator, no ``[B, P, C]`` temporaries, the gradient in the forward pass); kept as its
+    operator-level equivalent for the tests and as a baseline of
+    ``benchmarks/bench_sigmoid_focal_loss.py``.
+
     With ``w = -x`` where the target is 1 and ``w = x`` where it is 0, the cross-entropy
     is ``softplus(w)`` and ``1 - p_t`` is ``sigmoid(w)`` (Lin et al., 2017, eq. 5), so the
     loss is ``alpha_t * softplus(w) * sigmoid(w) ** gamma`` (``sigmoid(w)`` is also more
@@ -171,7 +176,9 @@ def fcos_losses(outputs: HeadOutputs, points: Points, assigned: AssignedTargets,
 
     With ``centerness_weight=1`` these are torchvision's ``classification``,
     ``bbox_regression`` and ``bbox_ctrness``. The losses are computed in float32 whatever
-    the head's dtype.
+    the head's dtype; the classification logits are not converted for it (the fused focal
+    loss reads bfloat16 logits as they are and computes in float32 in registers, and their
+    gradient is bfloat16), the other outputs are.
 
     The foreground sums are masked sums over every point (a background term times 0),
     not sums over a boolean selection: the same values, with shapes that do not depend
@@ -187,22 +194,23 @@ def fcos_losses(outputs: HeadOutputs, points: Points, assigned: AssignedTargets,
         ``{"cls_loss", "reg_loss", "ctr_loss"}``, scalar tensors; the training loss is
         their sum.
     """
-    outputs = outputs.float()
-    cls_logits = outputs.cls_logits
+    box_regression, centerness = (value if value.dtype == torch.float32 else value.float()
+                                  for value in (outputs.box_regression, outputs.centerness))
     foreground = assigned.labels >= 0  # [B, P]
     weight = foreground.float()
     num_foreground = foreground_normalizer(weight)
 
-    # One-hot class targets; background points (label -1) match no class.
-    is_target = assigned.labels[..., None] == torch.arange(cls_logits.shape[2],
-                                                           device=cls_logits.device)
-    cls_loss = sigmoid_focal_loss_sum(cls_logits, is_target, alpha=focal_alpha,
-                                      gamma=focal_gamma)
+    # Against the class indices (background points, label -1, are negatives of every
+    # class): no one-hot targets. No value check: the labels come from the targets the
+    # model checked, and NaN logits must give a NaN loss (which the training loop skips).
+    cls_loss = ops.sigmoid_focal_loss(outputs.cls_logits, assigned.labels, alpha=focal_alpha,
+                                      gamma=focal_gamma, reduction="sum", backend=backend,
+                                      check_values=False)
 
     target_boxes = assigned.boxes
     if target_boxes.dtype != torch.float32:
         target_boxes = target_boxes.float()
-    pred_boxes = points.decode(outputs.box_regression)
+    pred_boxes = points.decode(box_regression)
     # No value check: a diverged model's NaN box must give a NaN loss, which the training
     # loop skips, not an exception (and the check would cost a device sync per step).
     # Background points compare their prediction with a zero box: finite (the loss adds
@@ -214,7 +222,7 @@ def fcos_losses(outputs: HeadOutputs, points: Points, assigned: AssignedTargets,
     # A background point's centerness in its zero box is meaningless (0/0): 0 instead,
     # so that neither the loss nor its gradient sees a NaN.
     ctr_targets = torch.where(foreground, points.centerness(target_boxes), 0.0)
-    ctr_loss = F.binary_cross_entropy_with_logits(outputs.centerness, ctr_targets,
+    ctr_loss = F.binary_cross_entropy_with_logits(centerness, ctr_targets,
                                                   weight=weight, reduction="sum")
 
     # Normalised together: one division, whatever the number of losses.

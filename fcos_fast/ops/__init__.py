@@ -17,6 +17,7 @@ from fcos_fast.ops.giou_loss import giou_loss
 from fcos_fast.ops.nms import batched_nms, nms
 from fcos_fast.ops.per_class_topk import per_class_topk
 from fcos_fast.ops.per_class_topk_padded import per_class_topk_padded
+from fcos_fast.ops.sigmoid_focal_loss import sigmoid_focal_loss
 
 # Last: the Triton kernels import the fakes and autograd helpers defined above.
 _dispatch.load_implementations()
@@ -29,6 +30,7 @@ __all__ = [
     "per_class_topk",
     "per_class_topk_padded",
     "batched_nms_padded",
+    "sigmoid_focal_loss",
     "available_backends",
     "unsupported_reasons",
     "BACKEND_NAMES",

@@ -29,7 +29,7 @@ from fcos_fast.ops._validate import InputError
 BACKEND_ENV_VAR = "FCOS_FAST_BACKEND"
 
 OP_NAMES = ("nms", "batched_nms", "giou_loss", "fcos_assign", "per_class_topk",
-            "per_class_topk_padded", "batched_nms_padded")
+            "per_class_topk_padded", "batched_nms_padded", "sigmoid_focal_loss")
 
 # Preference order when no backend is asked for. The interpreted Triton backend is never
 # picked automatically on CPU: the interpreter is for testing, and it is slow.

@@ -39,13 +39,17 @@ def _sample_args(device):
         "per_class_topk_padded": (torch.rand(30, 4, generator=g).to(device), 5, 0.3),
         "batched_nms_padded": (boxes.view(3, 8, 4), scores.view(3, 8),
                                torch.tensor([8, 0, 5], device=device), 0.5, idxs.view(3, 8)),
+        # The fused path: the gradient of the reduced loss from the forward (with_grad).
+        "sigmoid_focal_loss": (torch.randn(30, 6, generator=g).to(device).requires_grad_(True),
+                               torch.randint(-1, 6, (30,), generator=g).to(device),
+                               torch.rand(30, generator=g).to(device), 0.25, 2.0, "mean", True),
     }
 
 
 @pytest.mark.parametrize("backend,device", backend_matrix(include_reference=False))
 @pytest.mark.parametrize("op", ["nms", "batched_nms", "giou_loss", "fcos_assign",
                                 "per_class_topk", "per_class_topk_padded",
-                                "batched_nms_padded"])
+                                "batched_nms_padded", "sigmoid_focal_loss"])
 def test_opcheck(backend, device, op):
     """Schema, fake, autograd registration and dispatch agree (torch.library.opcheck)."""
     args = _sample_args(device)[op]
@@ -112,7 +116,7 @@ def test_every_triton_op_lists_its_kernels():
     pytest.importorskip("triton")
     code = ("import json, torch, fcos_fast.ops, torch._library.triton as t\n"
             "from fcos_fast.ops._dispatch import OP_NAMES\n"
-            "ops = list(OP_NAMES) + ['giou_loss_backward']\n"
+            "ops = list(OP_NAMES) + ['giou_loss_backward', 'sigmoid_focal_loss_backward']\n"
             "print(json.dumps({op: sorted(k.fn.__name__ for k in "
             "t.get_triton_kernels_for_op(f'fcos_fast::{op}_triton')) for op in ops}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -122,3 +126,5 @@ def test_every_triton_op_lists_its_kernels():
     assert all(kernels.values()), kernels
     assert kernels["batched_nms_padded"] == ["_nms_mask_kernel", "_nms_sweep_kernel"]
     assert kernels["per_class_topk_padded"] == ["_merge_segments_kernel", "_segment_top_kernel"]
+    assert kernels["sigmoid_focal_loss"] == ["_sigmoid_focal_loss_kernel", "_sum_partials_kernel"]
+    assert kernels["sigmoid_focal_loss_backward"] == ["_sigmoid_focal_loss_kernel"]

@@ -3,9 +3,10 @@
 Sources (the cases, constants and assertions are theirs; the code is rewritten to run
 every backend of ours on every device):
 
-* pytorch/vision ``test/test_ops.py``, classes ``TestNMS`` and
+* pytorch/vision ``test/test_ops.py``, classes ``TestNMS``,
   ``TestGeneralizedBoxIouLoss`` (with ``get_boxes``, ``assert_iou_loss``,
-  ``assert_empty_loss``), as stored at commit 00673be3960268a837860cd6a05373d9861221d3
+  ``assert_empty_loss``) and ``TestFocalLoss``, as stored at commit
+  00673be3960268a837860cd6a05373d9861221d3
   (current main; these tests match the installed torchvision 0.29.1, whose
   ``batched_nms`` thresholds and empty-boxes shortcut they exercise). torchvision is
   BSD 3-Clause licensed, Copyright (c) Soumith Chintala 2016, all rights reserved;
@@ -18,8 +19,10 @@ every backend of ours on every device):
   17072dffd61161ee0ac4b5f5056ef4041fc2971d). Apache License 2.0, Copyright (c)
   Facebook, Inc. and its affiliates.
 
-``torchvision.ops.nms`` / ``batched_nms`` / ``generalized_box_iou_loss`` are replaced by
-``ops.nms`` / ``ops.batched_nms`` / ``ops.giou_loss`` with each backend. Interpreted
+``torchvision.ops.nms`` / ``batched_nms`` / ``generalized_box_iou_loss`` /
+``sigmoid_focal_loss`` are replaced by ``ops.nms`` / ``ops.batched_nms`` /
+``ops.giou_loss`` / ``ops.sigmoid_focal_loss`` with each backend (the focal loss takes
+class indices: torchvision's targets are made from them, see its section). Interpreted
 Triton (CPU) runs the same constructions at a smaller size or fewer seeds. Tests of
 paths outside our contract are kept and skipped with the reason; TorchScript is not
 supported by fcos_fast (the ops are ``torch.library`` ops for eager and
@@ -369,6 +372,153 @@ def test_detectron2_batched_nms(backend, device):
         assert torch.equal(keep.cpu(), keep_ref), f"batched_nms differs for IoU={iou}"
 
 
+# ======================================================== torchvision TestFocalLoss
+#
+# Adapted to class indices: ops.sigmoid_focal_loss takes labels in [-1, C) (one positive
+# class per row at most), so torchvision's target kinds become labels, and its targets
+# are their one-hot rows: "zeros" (every class negative) is -1 for every row; "ones" (every
+# class positive) has no label form and becomes one positive class per row; "random_binary"
+# becomes a random label in [-1, C). Half-precision logits give a float32 loss here (the
+# contract: computed in float32), so the cross-entropy it is compared with is computed on
+# the same logits in float32 too; on the CPU torchvision skips half, which runs here.
+
+def _logit(p):
+    return torch.log(p / (1 - p))
+
+
+def _generate_diverse_input_label_pair(shape=(5, 2), **kwargs):
+    """``_generate_diverse_input_target_pair``: inputs of 9 kinds, ``shape[0] * 9`` rows,
+    with labels instead of targets."""
+    def generate_inputs(range_type):
+        low, high = {"small": (0.0, 0.2), "big": (0.8, 1.0), "random": (0.0, 1.0)}[range_type]
+        return _logit(torch.testing.make_tensor(shape, low=low, high=high, **kwargs))
+
+    def generate_labels(range_type):
+        device = kwargs.get("device", "cpu")
+        if range_type == "zeros":
+            return torch.full(shape[:1], -1, dtype=torch.int64, device=device)
+        if range_type == "ones":
+            return torch.randint(0, shape[1], shape[:1], device=device)
+        return torch.randint(-1, shape[1], shape[:1], device=device)
+
+    inputs, labels = [], []
+    for input_range_type, target_range_type in [
+        ("small", "zeros"), ("small", "ones"), ("small", "random_binary"),
+        ("big", "zeros"), ("big", "ones"), ("big", "random_binary"),
+        ("random", "zeros"), ("random", "ones"), ("random", "random_binary"),
+    ]:
+        inputs.append(generate_inputs(input_range_type))
+        labels.append(generate_labels(target_range_type))
+    return torch.cat(inputs), torch.cat(labels)
+
+
+def _targets(labels, inputs):
+    """The one-hot targets torchvision's test would have passed."""
+    return torch.nn.functional.one_hot(labels + 1, inputs.shape[-1] + 1)[..., 1:].to(inputs)
+
+
+def _focal_loss(backend):
+    def sigmoid_focal_loss(inputs, labels, alpha=0.25, gamma=2, reduction="none"):
+        return ops.sigmoid_focal_loss(inputs, labels, alpha=alpha, gamma=gamma,
+                                      reduction=reduction, backend=backend)
+    return sigmoid_focal_loss
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("alpha", [-1.0, 0.0, 0.58, 1.0])
+@pytest.mark.parametrize("gamma", [0, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.half])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_focal_loss_correct_ratio(backend, device, alpha, gamma, dtype, seed):
+    """TestFocalLoss.test_correct_ratio: the loss over the cross-entropy is
+    alpha_t * (1 - p_t) ** gamma. (Adapted: the cross-entropy and the ratio are computed in
+    float64 from the same inputs, and focal <= CE is allowed 4 float32 ulps. torchvision's
+    test divides its focal loss by the very cross-entropy it multiplied; ours is computed
+    otherwise, and more accurately than torch's float32 BCE-with-logits, whose log of
+    1 + exp(-|x|) loses 2e-5 relative at a loss of 6e-3: where alpha_t = 1 and gamma = 0
+    make the two equal, that error alone fails the check.)"""
+    reduction = "none"
+    torch.random.manual_seed(seed)
+    inputs, labels = _generate_diverse_input_label_pair(dtype=dtype, device=device)
+    targets = _targets(labels, inputs)
+    focal_loss = _focal_loss(backend)(inputs, labels, gamma=gamma, alpha=alpha,
+                                      reduction=reduction).double()
+    inputs, targets = inputs.double(), targets.double()
+    ce_loss = torch.nn.functional.binary_cross_entropy_with_logits(inputs, targets,
+                                                                   reduction=reduction)
+
+    assert torch.all(focal_loss <= ce_loss * (1 + 4 * torch.finfo(torch.float32).eps)), (
+        "focal loss must be less or equal to cross entropy loss with same input")
+
+    loss_ratio = (focal_loss / ce_loss).squeeze()
+    prob = torch.sigmoid(inputs)
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    correct_ratio = (1.0 - p_t) ** gamma
+    if alpha >= 0:
+        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+        correct_ratio = correct_ratio * alpha_t
+
+    tol = 1e-3 if dtype is torch.half else 1e-5
+    torch.testing.assert_close(correct_ratio, loss_ratio, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.half])
+@pytest.mark.parametrize("seed", [2, 3])
+def test_focal_loss_equal_ce_loss(backend, device, reduction, dtype, seed):
+    """TestFocalLoss.test_equal_ce_loss: alpha = -1 and gamma = 0 make it the
+    cross-entropy, value and gradient. (Adapted for half: the cross-entropy of the logits
+    upcast to float32, its gradient rounded to half, as ours is.)"""
+    alpha = -1
+    gamma = 0
+    torch.random.manual_seed(seed)
+    inputs, labels = _generate_diverse_input_label_pair(dtype=dtype, device=device)
+    inputs_fl = inputs.clone().requires_grad_()
+    inputs_ce = inputs.clone().requires_grad_()
+    targets_ce = _targets(labels, inputs).float()
+    focal_loss = _focal_loss(backend)(inputs_fl, labels, gamma=gamma, alpha=alpha,
+                                      reduction=reduction)
+    ce_loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        inputs_ce.float(), targets_ce, reduction=reduction)
+
+    torch.testing.assert_close(focal_loss, ce_loss)
+
+    focal_loss.backward()
+    ce_loss.backward()
+    torch.testing.assert_close(inputs_fl.grad, inputs_ce.grad)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("alpha", [-1.0, 0.0, 0.58, 1.0])
+@pytest.mark.parametrize("gamma", [0, 2])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.half])
+def test_focal_loss_compiled(backend, device, alpha, gamma, reduction, dtype):
+    """TestFocalLoss.test_jit, for torch.compile: fcos_fast's ops are torch.library ops,
+    not TorchScript, so the compiled function (fullgraph) stands in for the scripted one."""
+    torch._dynamo.reset()
+    torch.random.manual_seed(4)
+    inputs, labels = _generate_diverse_input_label_pair(dtype=dtype, device=device)
+    loss_fn = _focal_loss(backend)
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    focal_loss = loss_fn(inputs, labels, gamma=gamma, alpha=alpha, reduction=reduction)
+    compiled_focal_loss = compiled(inputs, labels, gamma=gamma, alpha=alpha,
+                                   reduction=reduction)
+    tol = 1e-3 if dtype is torch.half else 1e-5
+    torch.testing.assert_close(focal_loss, compiled_focal_loss, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.half])
+def test_focal_loss_reduction_mode(backend, device, dtype, reduction="xyz"):
+    """TestFocalLoss.test_reduction_mode: an unknown reduction raises ValueError."""
+    torch.random.manual_seed(0)
+    inputs, labels = _generate_diverse_input_label_pair(device=device, dtype=dtype)
+    with pytest.raises(ValueError, match="Invalid"):
+        _focal_loss(backend)(inputs, labels, 0.25, 2, reduction)
+
+
 # ======================================== our errors are the kinds torchvision raises
 
 def _bad_call_per_op():
@@ -381,6 +531,8 @@ def _bad_call_per_op():
                                                torch.rand(5), torch.rand(1, 2, 4),
                                                torch.ones(1, dtype=torch.int64)),
         "per_class_topk": lambda: ops.per_class_topk(torch.rand(5), 2, 0.1),
+        "sigmoid_focal_loss": lambda: ops.sigmoid_focal_loss(torch.rand(5, 3),
+                                                             torch.zeros(4, dtype=torch.int64)),
         "backend": lambda: ops.nms(boxes, torch.rand(3), 0.5, backend="cudnn"),
     }
 

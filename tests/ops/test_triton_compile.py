@@ -24,7 +24,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from fcos_fast.kernels import ahead_of_time, fcos_assign, giou_loss, nms, per_class_topk  # noqa: E402
+from fcos_fast.kernels import (ahead_of_time, fcos_assign, giou_loss, nms,  # noqa: E402
+                               per_class_topk, sigmoid_focal_loss)
 
 CASES = ahead_of_time.cases()
 # The first test waits for the session's compile of every launch: minutes when Triton's
@@ -82,9 +83,14 @@ def test_no_register_spills(compiled, case):
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_no_fused_multiply_add_or_flush_to_zero(compiled, case):
     """Every kernel promises the reference's bits where they decide or are the answer
-    (IoU against the threshold, match areas, the GIoU loss and its gradient)."""
+    (IoU against the threshold, match areas, the GIoU loss and its gradient). The kernels
+    calling libdevice's exp and log (the focal loss, which promises tolerances) hold its
+    fma and its one .ftz opcode, and no other."""
     for launch in _launches(compiled, case):
-        assert (launch["fma"], launch["ftz"]) == (0, 0), _where(launch)
+        if launch["kernel"] in ahead_of_time.LIBDEVICE_KERNELS:
+            assert set(launch["ftz_ops"]) <= ahead_of_time.LIBDEVICE_FTZ, _where(launch)
+        else:
+            assert (launch["fma"], launch["ftz"]) == (0, 0), _where(launch)
 
 
 def test_the_checks_reject_their_controls(compiled):
@@ -92,6 +98,13 @@ def test_the_checks_reject_their_controls(compiled):
     controls = compiled["controls"]
     fp = controls["giou_backward_default_fp_options"]
     assert fp["fma"] > 0 and fp["ftz"] > 0  # what EXACT_FP removes
+    # The focal loss with Triton's defaults: its own arithmetic contracted (more fma than
+    # the EXACT_FP launch of the same case, which holds libdevice's only) and flushed.
+    focal = controls["focal_default_fp_options"]
+    exact = [launch for launch in _launches(compiled, ahead_of_time._focal_cases()[3])
+             if launch["kernel"] == focal["kernel"] and launch["arch"] == focal["arch"]]
+    assert exact and focal["fma"] > exact[0]["fma"]
+    assert set(focal["ftz_ops"]) - ahead_of_time.LIBDEVICE_FTZ
     for name in ("fcos_assign_float64_block_g_32", "nms_sweep_16_warps"):
         assert controls[name]["spill_stores"] > 0, name
     assert all(ahead_of_time.problems(control) for control in controls.values())
@@ -124,6 +137,10 @@ def test_every_size_gets_a_power_of_two_warp_count():
             assert _power_of_two(giou_loss.backward_launch_config(n, dtype, "none").num_warps)
         for g in range(1, ahead_of_time.ASSIGN_SLOTS + 1):
             assert _power_of_two(fcos_assign.launch_config(1000, 2, g, dtype).num_warps)
+    for dtype in ahead_of_time.FOCAL_DTYPES:
+        for n in range(1, 1 << 14):
+            assert _power_of_two(sigmoid_focal_loss.launch_config(
+                n, dtype, loss=1, grad=1, has_weight=True).num_warps)
         for k in range(1, ahead_of_time.TOPK_MAX_K + 1):
             block = per_class_topk.list_block(ahead_of_time.TOPK_POINTS, k)
             if block is not None:
@@ -156,6 +173,10 @@ def test_cases_cover_the_size_ranges():
         assert f"batched_nms_padded-idxs-float64-S=1280,L={length}" in names
         assert f"batched_nms_padded-float32-S=1280,L={length}" in names
     assert "per_class_topk_padded-float32-N=20000,k=1000" in names
+    # The focal loss: every launch kind, with and without a weight, for every logits dtype.
+    focal = {(c.variant, c.dtype) for c in CASES if c.op == "sigmoid_focal_loss"}
+    assert focal == {(variant + weight, dtype) for variant in ahead_of_time.FOCAL_VARIANTS
+                     for weight in ("", "-weight") for dtype in ahead_of_time.FOCAL_DTYPES}
 
 
 def test_recording_refuses_a_launcher_that_syncs():

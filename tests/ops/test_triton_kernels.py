@@ -4,8 +4,9 @@ The op tests (``test_<op>.py``) run every backend, Triton included, through the 
 matrix. This file aims at what is particular to the kernels: the 64-box words and the
 one-program sweep of NMS, the box chunks of ``fcos_assign`` (a tie across two chunks),
 the per-program partial sums of the GIoU reduction, the chunks and segments of
-``per_class_topk`` and its sort-based path for huge ``k``, unvalidated input, and that
-nothing but the output sizing synchronises with the host.
+``per_class_topk`` and its sort-based path for huge ``k``, the flat walk, per-program
+sums and chunked launches of ``sigmoid_focal_loss``, unvalidated input, and that nothing
+but the output sizing synchronises with the host.
 
 Without a GPU the kernels run on CPU tensors in the Triton interpreter (small cases);
 the same tests run at full size on CUDA (marked ``cuda``).
@@ -398,6 +399,125 @@ def test_giou_loss_backward_op_opcheck(device, reduction):
                           (grad, pred, target, reduction, 1e-7))
 
 
+# ---------------------------------------------------------------- sigmoid_focal_loss
+
+def _focal_case(seed: int, n: int, c: int, dtype=torch.float32, weighted=True):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, c, generator=g, dtype=torch.float64) * 6).to(dtype)
+    labels = torch.randint(-1, c, (n,), generator=g)
+    compute = torch.promote_types(dtype, torch.float32)
+    weight = (torch.rand(n, generator=g, dtype=torch.float64) + 0.5).to(compute) \
+        if weighted else None
+    return logits, labels, weight
+
+
+def _focal_with_grad(backend, logits, labels, weight, reduction, gamma=2.0):
+    x = logits.detach().clone().requires_grad_(True)
+    loss = ops.sigmoid_focal_loss(x, labels, weight=weight, gamma=gamma, reduction=reduction,
+                                  backend=backend)
+    upstream = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device)
+    (loss * upstream.reshape(loss.shape)).sum().backward()
+    return loss.detach(), x.grad
+
+
+def _check_focal(logits, labels, weight, reduction, device, gamma=2.0):
+    """Triton against the reference on the same (rounded) inputs, in float64."""
+    got = _focal_with_grad("triton", logits.to(device), labels.to(device),
+                           None if weight is None else weight.to(device), reduction, gamma)
+    expected = _focal_with_grad("reference", logits.double(), labels,
+                                None if weight is None else weight.double(), reduction, gamma)
+    tolerance = 1e-12 if logits.dtype == torch.float64 else 2e-6
+    for g, e in zip(got, expected, strict=True):
+        scale = float(e.abs().nan_to_num(0, 0, 0).max()) if e.numel() else 1.0
+        torch.testing.assert_close(g.cpu().double(), e, rtol=tolerance, atol=tolerance * scale,
+                                   equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("classes", [80, 20, 3, 1])
+def test_focal_loss_flat_walk_and_program_sums(device, reduction, classes):
+    """Rows that straddle programs (C = 3, 20: a program's block does not end on a row),
+    one class per row (C = 1), and past one program's block: several per-program sums."""
+    n = 2600 // classes if _small(device) else 400_000 // classes
+    _check_focal(*_focal_case(classes, n, classes), reduction, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gamma", [0.0, 2.5])
+def test_focal_loss_dtypes_and_gamma(device, dtype, gamma):
+    """Half-precision logits read as they are (16 bytes a thread); gamma 0 (exactly 1,
+    never exp(0 * -inf)) and a fractional gamma through the general exp."""
+    logits, labels, weight = _focal_case(7, 90, 20, dtype)
+    logits[::11, 0] = 80.0  # saturated: sigmoid(-w) underflows
+    got = _focal_with_grad("triton", logits.to(device), labels.to(device), weight.to(device),
+                           "sum", gamma)
+    expected = _focal_with_grad("reference", logits.double(), labels, weight.double(), "sum",
+                                gamma)
+    assert got[0].dtype == torch.promote_types(dtype, torch.float32) and got[1].dtype == dtype
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got[0].cpu().double(), expected[0], rtol=rtol, atol=0)
+    grad_rtol = 1e-12 if dtype == torch.float64 else 2 * torch.finfo(dtype).eps
+    info = torch.finfo(dtype)
+    torch.testing.assert_close(got[1].cpu().double(), expected[1], rtol=grad_rtol,
+                               atol=2 * info.smallest_normal * info.eps)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_focal_loss_chunked_launches(device, reduction, monkeypatch):
+    """Past MAX_LAUNCH_ELEMENTS (2^31, 32-bit offsets) the launcher splits the rows into
+    launches whose per-program sums share one buffer: here with a limit of 64 elements,
+    against the single launch."""
+    from fcos_fast.kernels import sigmoid_focal_loss as focal_kernels
+
+    case = [t.to(device) for t in _focal_case(3, 61, 7)]
+    whole = _focal_with_grad("triton", *case, reduction)
+    monkeypatch.setattr(focal_kernels, "MAX_LAUNCH_ELEMENTS", 64)
+    assert len(focal_kernels.row_chunks(61, 7)) == 7
+    chunked = _focal_with_grad("triton", *case, reduction)
+    for a, b in zip(chunked, whole):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    if reduction == "none":
+        assert torch.equal(chunked[0], whole[0])
+
+
+def test_focal_loss_row_chunks_keep_alignment():
+    """Chunks of a multiple of 16,384 rows (aligned slices, program sums from a multiple of
+    16) that never exceed the limit, over every row."""
+    from fcos_fast.kernels.sigmoid_focal_loss import MAX_LAUNCH_ELEMENTS, row_chunks
+
+    for rows, classes in ((40_000_000, 80), (3_000_000_000, 1), (10, 200_000), (5, 3)):
+        chunks = row_chunks(rows, classes)
+        assert chunks[0][0] == 0 and chunks[-1][1] == rows
+        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+        assert all((last - first) * classes <= MAX_LAUNCH_ELEMENTS for first, last in chunks)
+        if MAX_LAUNCH_ELEMENTS // classes >= 16384:
+            assert all(first % 16384 == 0 for first, _ in chunks)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_focal_loss_unvalidated_labels_and_non_finite_logits(device, monkeypatch):
+    """Labels outside [-1, C) mark no class (never an index); NaN/inf logits give the
+    reference's NaN and limits."""
+    monkeypatch.setenv("FCOS_FAST_VALIDATE", "0")
+    logits, labels, weight = _focal_case(4, 40, 6)
+    labels[::5] = torch.tensor([6, -7, 2**40, -(2**40), 100, 9, 6, 1000])
+    logits[1, 2], logits[2, 0], logits[3, 5] = float("nan"), float("inf"), float("-inf")
+    for reduction in ("none", "sum"):
+        _check_focal(logits, labels, weight, reduction, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_focal_loss_backward_op_opcheck(device):
+    """The backward kernel is an op of its own (the op tests opcheck the forward)."""
+    logits, labels, weight = (t.to(device) for t in _focal_case(5, 12, 5))
+    for reduction, grad in (("none", torch.rand(12, 5)), ("mean", torch.rand(()))):
+        torch.library.opcheck(torch.ops.fcos_fast.sigmoid_focal_loss_backward_triton,
+                              (grad.to(device), logits, labels, weight, 0.25, 1.5, reduction))
+
+
 # ---------------------------------------------------------------- fcos_assign
 
 def _assign_case(seed: int, num_images: int, max_boxes: int, image_size, dtype=torch.float32):
@@ -604,7 +724,8 @@ def test_data_dependent_ops_compile_fullgraph(device):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("op", ["nms", "batched_nms", "giou_loss", "giou_loss_backward",
-                                "fcos_assign", "per_class_topk"])
+                                "fcos_assign", "per_class_topk", "sigmoid_focal_loss",
+                                "sigmoid_focal_loss_backward"])
 def test_triton_ops_expose_their_kernels(op, gpu):
     """triton_op finds the kernels in the launcher's source (``wrap_triton(kernel)``):
     AOTAutograd's cache key hashes them, so an edited kernel is never served stale.
@@ -660,8 +781,9 @@ def test_host_reads_of_tensor_values_on_the_cpu(monkeypatch):
 
 @pytest.mark.cuda
 def test_no_host_device_sync(gpu, monkeypatch):
-    """fcos_assign, giou_loss forward and backward, the NMS mask + sweep and the top-k
-    table launch without synchronising (value checks off, as in a trusted hot loop)."""
+    """fcos_assign, giou_loss and sigmoid_focal_loss forward and backward, the NMS mask +
+    sweep and the top-k table launch without synchronising (value checks off, as in a
+    trusted hot loop)."""
     from fcos_fast.kernels.nms import nms_keep_mask
     from fcos_fast.kernels.per_class_topk import per_class_topk_table
 
@@ -672,10 +794,17 @@ def test_no_host_device_sync(gpu, monkeypatch):
     boxes, scores, idxs = _nms_case(0, gpu.size(5000, 150), device=gpu.device)
     topk_scores = gpu.to(_topk_scores(0, gpu.size(17000, 300), gpu.size(80, 3), ties=False))
 
+    logits, labels, weight = gpu.to(*_focal_case(0, gpu.size(16 * 22_300, 60),
+                                                 gpu.size(80, 3)))
+
     def run():
         ops.fcos_assign(*assign_args, backend="triton")
         p = pred.clone().requires_grad_(True)
         ops.giou_loss(p, target, reduction="mean", backend="triton").backward()
+        x = logits.clone().requires_grad_(True)
+        ops.sigmoid_focal_loss(x, labels, weight=weight, reduction="sum",
+                               backend="triton").backward()
+        ops.sigmoid_focal_loss(x, labels, reduction="none", backend="triton").sum().backward()
         nms_keep_mask(boxes, scores, None, 0.5)
         per_class_topk_table(topk_scores, gpu.size(1000, 20), 0.05)
 
@@ -751,7 +880,10 @@ def _direct_calls():
             ("fcos_assign", _assign_case(0, 2, 6, (24, 24))),
             ("per_class_topk", (_topk_scores(0, 40, 3, ties=False), 5, 0.1)),
             ("per_class_topk_padded", (_topk_scores(0, 40, 3, ties=False), 5, 0.1)),
-            ("batched_nms_padded", padded)]
+            ("batched_nms_padded", padded),
+            ("sigmoid_focal_loss", (*_focal_case(0, 30, 5), 0.25, 2.0, "sum", True)),
+            ("sigmoid_focal_loss_backward", (torch.rand(30, 5), *_focal_case(1, 30, 5), 0.25,
+                                             2.0, "none"))]
 
 
 @pytest.mark.parametrize("op,args", _direct_calls(), ids=lambda value: (
@@ -775,13 +907,15 @@ def test_triton_ops_called_directly_with_non_contiguous_tensors(op, args):
 # ---------------------------------------------------------------- device
 
 def _kernels() -> dict:
-    """Every Triton kernel of the backend, by name."""
-    from fcos_fast.kernels import fcos_assign, giou_loss, nms, per_class_topk
+    """Every Triton kernel of the backend, by name (once: where it is defined, not where it
+    is imported, as giou_loss's partial-sum kernel is by the focal loss)."""
+    from fcos_fast.kernels import fcos_assign, giou_loss, nms, per_class_topk, sigmoid_focal_loss
 
     return {f"{module.__name__}.{name}": value
-            for module in (fcos_assign, giou_loss, nms, per_class_topk)
+            for module in (fcos_assign, giou_loss, nms, per_class_topk, sigmoid_focal_loss)
             for name, value in vars(module).items()
-            if name.endswith("_kernel") and hasattr(value, "pre_run_hooks")}
+            if name.endswith("_kernel") and hasattr(value, "pre_run_hooks")
+            and value.fn.__module__ == module.__name__}
 
 
 def _run_every_kernel(device) -> None:
@@ -797,12 +931,14 @@ def _run_every_kernel(device) -> None:
     scores = _topk_scores(0, 30, 2, ties=False)
     _assert_same(_triton("per_class_topk", scores.to(device), 3, 0.1),
                  _reference("per_class_topk", scores, 3, 0.1))
+    for reduction in ("none", "sum"):
+        _check_focal(*_focal_case(0, 9, 4), reduction, device)
 
 
 def test_every_kernel_launches_inside_the_device_guard(monkeypatch):
     """Each launcher enters ``device_guard(tensor)`` around its launches (issue 11:
     there was none, and tensors on cuda:1 ran on the current device)."""
-    from fcos_fast.kernels import fcos_assign, giou_loss, nms, per_class_topk
+    from fcos_fast.kernels import fcos_assign, giou_loss, nms, per_class_topk, sigmoid_focal_loss
 
     if "triton" not in ops.available_backends("cpu"):
         pytest.skip("needs the Triton interpreter")
@@ -816,7 +952,7 @@ def test_every_kernel_launches_inside_the_device_guard(monkeypatch):
         finally:
             guarded.pop()
 
-    for module in (fcos_assign, giou_loss, nms, per_class_topk):
+    for module in (fcos_assign, giou_loss, nms, per_class_topk, sigmoid_focal_loss):
         monkeypatch.setattr(module, "device_guard", recording_guard)
     launched = {}
     for name, kernel in _kernels().items():

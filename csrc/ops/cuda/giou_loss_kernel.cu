@@ -5,7 +5,8 @@
 //     the tensors are 16-byte aligned, which they are unless sliced at an odd offset.
 //   * 'mean' / 'sum' fuse the reduction: each block reduces its pairs' losses in
 //     registers and shared memory to one partial sum, and a one-block kernel adds the
-//     partials in a fixed order, so the result is deterministic (no atomics).
+//     partials in a fixed order, so the result is deterministic (no atomics;
+//     cuda/block_sum.cuh).
 //   * The backward reads the upstream gradient (and divides by N for 'mean') on the
 //     device: nothing here synchronises with the host.
 #include <ATen/Dispatch.h>
@@ -21,6 +22,7 @@
 
 #include "ops/box_math.h"
 #include "ops/checks.h"
+#include "ops/cuda/block_sum.cuh"
 
 namespace fcos_fast {
 namespace ops {
@@ -82,25 +84,6 @@ __global__ void giou_loss_kernel(const scalar_t* __restrict__ pred,
   }
 }
 
-// Sum of `value` over the block, valid in thread 0.
-template <typename scalar_t>
-__device__ __forceinline__ scalar_t block_sum(scalar_t value) {
-  __shared__ scalar_t warp_sums[kThreads / 32];
-  for (int offset = 16; offset > 0; offset /= 2) {
-    value += __shfl_down_sync(0xffffffffu, value, offset);
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) warp_sums[warp] = value;
-  __syncthreads();
-  value = threadIdx.x < kThreads / 32 ? warp_sums[threadIdx.x] : scalar_t(0);
-  if (warp == 0) {
-    for (int offset = kThreads / 64; offset > 0; offset /= 2) {
-      value += __shfl_down_sync(0xffffffffu, value, offset);
-    }
-  }
-  return value;
-}
-
 template <typename scalar_t, bool kAligned>
 __global__ void giou_loss_partial_sums_kernel(const scalar_t* __restrict__ pred,
                                               const scalar_t* __restrict__ target, scalar_t eps,
@@ -112,18 +95,8 @@ __global__ void giou_loss_partial_sums_kernel(const scalar_t* __restrict__ pred,
     sum += box_math::giou_loss_value(load_box<scalar_t, kAligned>(pred, i),
                                      load_box<scalar_t, kAligned>(target, i), eps);
   }
-  sum = block_sum(sum);
+  sum = cuda_sum::block_sum<kThreads>(sum);
   if (threadIdx.x == 0) partial[blockIdx.x] = sum;
-}
-
-// One block: the partial sums, in order, divided by n for 'mean'.
-template <typename scalar_t>
-__global__ void giou_loss_finish_kernel(const scalar_t* __restrict__ partial, int num_partial,
-                                        int64_t n, bool mean, scalar_t* __restrict__ loss) {
-  scalar_t sum = 0;
-  for (int i = threadIdx.x; i < num_partial; i += blockDim.x) sum += partial[i];
-  sum = block_sum(sum);
-  if (threadIdx.x == 0) *loss = mean ? sum / static_cast<scalar_t>(n) : sum;
 }
 
 // kPerPair: grad_output holds one gradient per pair ('none'); otherwise it is the scalar
@@ -208,7 +181,7 @@ at::Tensor giou_loss_cuda(const at::Tensor& pred_in, const at::Tensor& target_in
               static_cast<scalar_t>(eps), n, partial.mutable_data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    giou_loss_finish_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
+    cuda_sum::finish_sum_kernel<kThreads, scalar_t><<<1, kThreads, 0, stream>>>(
         partial.const_data_ptr<scalar_t>(), num_partial, n, reduction == Reduction::kMean,
         loss.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
