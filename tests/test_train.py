@@ -16,6 +16,7 @@ from fcos_fast.config import load_config
 from fcos_fast.engine.checkpoint import load_checkpoint
 from fcos_fast.engine.schedule import WarmupSchedule
 from fcos_fast.engine.trainer import Trainer
+from fcos_fast.model.head import FCOSHead
 from tests.data.own_data import write_roboflow
 from tests.engine.tiny import tiny_model_overrides, tiny_overrides
 
@@ -394,14 +395,42 @@ def test_default_run_meets_the_acceptance(tmp_path):
 
 
 @pytest.mark.cuda
-def test_amp_training_on_cuda(tmp_path, gpu):
-    """float16 with the gradient scaler on a GPU; rehearsed on the CPU in bfloat16."""
+def test_amp_training_on_cuda(tmp_path, gpu, monkeypatch):
+    """float16 with the gradient scaler, on a GPU and, the very same run, on the CPU (the
+    rehearsal; bfloat16, what ``auto`` picks there, is what the other runs train in).
+
+    The network runs in float16 (the head's outputs), and the scaler takes part
+    in every step: from its initial scale, each step either goes through (the growth
+    tracker counts it) or overflows (the step is skipped, the scale halves, the tracker
+    restarts); at least one goes through, and the checkpoint holds the scaler's state."""
+    history = []  # (scale, growth tracker) after every step
+    head_dtypes = set()  # of the head's outputs (class logits, boxes, centerness)
+    run_step = Trainer.run_step
+
+    def recording(self):
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, inputs, output: head_dtypes.add(tuple(t.dtype for t in output))
+            if isinstance(module, FCOSHead) else None)
+        try:
+            run_step(self)
+        finally:
+            handle.remove()
+        history.append((self.scaler.get_scale(), self.scaler._get_growth_tracker()))
+
+    monkeypatch.setattr(Trainer, "run_step", recording)
     out = tmp_path / "run"
-    amp = "fp16" if gpu.cuda_only("float16 training with the gradient scaler") else "bf16"
-    overrides = tiny_overrides(tmp_path, **{"train.device": gpu.device.type, "solver.amp": amp})
+    overrides = tiny_overrides(tmp_path, **{"train.device": gpu.device.type, "solver.amp": "fp16"})
     assert train.main(["--out", str(out), "--no-progress", "--set", *overrides]) == 0
+    assert "precision: fp16 (set by solver.amp)" in (out / "log.txt").read_text()
+    assert head_dtypes == {(torch.float16,) * 3}
+    scale, tracker = torch.amp.GradScaler(gpu.device.type).get_scale(), 0
+    assert scale == 2.0 ** 16 and len(history) == 6
+    for step, (step_scale, step_tracker) in enumerate(history, 1):
+        assert (step_scale, step_tracker) in ((scale, tracker + 1), (scale / 2, 0)), (
+            step, history)
+        scale, tracker = step_scale, step_tracker
+    assert sum(t > 0 for _, t in history) >= 1, history  # some steps updated the weights
     state = load_checkpoint(out / "checkpoint.pt")
-    if gpu.on_gpu:
-        assert state["scaler"]["scale"] > 0  # the gradient scaler ran
+    assert (state["scaler"]["scale"], state["scaler"]["_growth_tracker"]) == (scale, tracker)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert json.loads((out / "metrics.json").read_text())["iteration"] == 6
