@@ -134,6 +134,81 @@ def test_evaluating_during_training_changes_nothing_in_it(tmp_path):
     assert [i for i, _ in _evaluations(runs[2])] == [2, 4, 6]
 
 
+class _FakeClock:
+    """``time.time`` and ``time.perf_counter`` of a run whose every step takes exactly one
+    second and every evaluation ``eval_seconds`` (nothing else takes any time)."""
+
+    def __init__(self, eval_seconds: float) -> None:
+        self.now, self.eval_seconds = 0.0, eval_seconds
+
+    def time(self) -> float:
+        return 1.7e9 + self.now
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def install(self, monkeypatch) -> None:
+        from fcos_fast.engine import hooks, trainer
+
+        for module in (train, hooks, trainer):
+            monkeypatch.setattr(module, "time", self)
+        run_step, evaluate = Trainer.run_step, train.evaluate
+
+        def step(trainer_self):
+            run_step(trainer_self)
+            self.now += 1.0
+
+        def evaluation(*args, **kwargs):
+            self.now += self.eval_seconds
+            return evaluate(*args, **kwargs)
+
+        monkeypatch.setattr(Trainer, "run_step", step)
+        monkeypatch.setattr(train, "evaluate", evaluation)
+
+
+def test_time_budget_shortens_the_run_and_refits_the_cosine(tmp_path, monkeypatch):
+    """``solver.max_minutes`` end to end, on a clock where a step takes 1 s and an
+    evaluation 2 s: a budget of 60 s (15 of them kept for checkpoints and exit) for 200
+    iterations with an evaluation every 20.
+
+    At iteration 10 (the first check) 34.5 s are left once the final evaluation is paid
+    for (estimated at half a step before one ran): the two periodic evaluations (0.5 s
+    each) with 33 steps fit, and 2% short of that the run is shortened to 42. At
+    iteration 30 the evaluation at 20 has taken 2 s: 11 s left after the final one, 10
+    steps fit before the evaluation at 40 would be due; shortened to 39. From each
+    shortening on, the LR follows the cosine of the new length, reaching 0 at its end;
+    the whole run takes 43 s."""
+    clock = _FakeClock(eval_seconds=2.0)
+    clock.install(monkeypatch)
+    out = tmp_path / "run"
+    overrides = tiny_overrides(tmp_path, **{
+        "solver.max_iters": 200, "solver.max_minutes": 1, "train.eval_period": 20,
+        "train.checkpoint_period": 1000})
+    assert train.main(["--out", str(out), "--no-progress", "--set", *overrides]) == 0
+    log = (out / "log.txt").read_text()
+    assert "time budget of 1.0 min: schedule shortened from 200 to 42 iterations" in log
+    assert "time budget of 1.0 min: schedule shortened from 42 to 39 iterations" in log
+    assert sorted(_losses(out)) == list(range(1, 40))
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert (state["iteration"], state["max_iter"]) == (39, 39)
+    assert [i for i, _ in _evaluations(out)] == [20, 39]
+    assert clock.now == 39 + 2 * 2.0 <= 60 - 15
+
+    # The LR of every step (logged before the scheduler steps): the 200-iteration cosine
+    # up to the first re-plan, then the 42-iteration one, then the 39-iteration one.
+    solver = load_config(None).solver
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["iter"]: r["train/lr"] for r in lines if "train/lr" in r}
+    for iteration in range(1, 40):
+        length = 200 if iteration <= 10 else 42 if iteration <= 30 else 39
+        schedule = WarmupSchedule(length, "cosine", warmup_iters=2,
+                                  warmup_factor=solver.warmup_factor)
+        expected = solver.base_lr * schedule(iteration - 1)
+        assert lr[iteration] == pytest.approx(expected, rel=1e-6), (iteration, length)
+    assert state["scheduler"]["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)
+    assert json.loads((out / "metrics.json").read_text())["iteration"] == 39
+
+
 def test_resume_reads_the_runs_own_config(tmp_path, monkeypatch):
     """``--resume`` with neither ``--config`` nor ``--set`` continues the run of
     ``<out>/config.yaml``, not the default config."""
