@@ -251,12 +251,12 @@ class MetricsWriter(HookBase):
             str(self.tensorboard_dir()),
             purge_step=self.trainer.start_iter + 1 if self.resume else None)
         self._jsonl = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
-
-    def before_step(self) -> None:
-        self._step_lr = self.trainer.optimizer.param_groups[0]["lr"]  # before the scheduler steps
         if self.progress:
             self._bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter,
                              desc="train", dynamic_ncols=True, smoothing=0.1)
+
+    def before_step(self) -> None:
+        self._step_lr = self.trainer.optimizer.param_groups[0]["lr"]  # before the scheduler steps
 
     def write(self, scalars: dict[str, float], iteration: int) -> None:
         if not is_main_process() or self._jsonl is None:
