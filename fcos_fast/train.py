@@ -303,8 +303,8 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
         budget = TimeBudget(solver.max_minutes * 60, started_at, schedule, eval_steps=eval_steps,
                             evaluation=evaluation)
     trainer.register_hooks([
+        budget,  # before the scheduler sets the next step's LR from a shortened schedule
         LRScheduler(scheduler),
-        budget,
         PeriodicCheckpointer(checkpointer, out_dir, config.train.checkpoint_period),
         evaluation,
         writer,

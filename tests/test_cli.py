@@ -78,14 +78,23 @@ def test_other_errors_keep_their_traceback():
         report_user_errors(bug)
 
 
-def test_resolve_device():
+@pytest.mark.parametrize("gpu", [True, False], ids=["with-gpu", "without-gpu"])
+def test_resolve_device(monkeypatch, gpu):
+    """``auto`` is CUDA exactly when torch sees a GPU; ``cuda[:N]`` needs one (both cases
+    on every machine: torch.cuda.is_available is what the function asks)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type in ("cpu", "cuda")
+    assert resolve_device("auto") == torch.device("cuda" if gpu else "cpu")
     with pytest.raises(ConfigError, match="train.device must be"):
         resolve_device("gpu0")
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="CUDA is not available"):
-            resolve_device("cuda")
+    if gpu:
+        assert resolve_device("cuda") == torch.device("cuda")
+        assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    else:
+        for name in ("cuda", "cuda:1"):
+            with pytest.raises(ConfigError, match=f"train.device is '{name}' but CUDA is not "
+                                                  f"available"):
+                resolve_device(name)
 
 
 @pytest.mark.parametrize("main, argv", [

@@ -1,9 +1,10 @@
 """Hooks of the training loop: LR schedule, time budget, checkpoints, evaluation, logging.
 
 Each is a ``HookBase`` (``fcos_fast.engine.trainer``). Register them in this order —
-``LRScheduler``, ``TimeBudget``, ``PeriodicCheckpointer``, ``EvalHook``, ``MetricsWriter``
-— so that at the end of training the last checkpoint is on disk before the final
-evaluation, and the writers close last.
+``TimeBudget``, ``LRScheduler``, ``PeriodicCheckpointer``, ``EvalHook``, ``MetricsWriter``
+— so that the LR of the step after a shortening is already the shortened schedule's, at
+the end of training the last checkpoint is on disk before the final evaluation, and the
+writers close last.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class TimeBudget(HookBase):
     is past the budget, it moves ``max_iter``
     earlier and compresses the LR schedule to end there (so a shortened run still anneals
     its learning rate), never lengthening either. If not even one more step fits, it stops
-    the run. Rank 0 decides for every process.
+    the run. Rank 0 decides for every process. Register it before ``LRScheduler``, so
+    that the step after a shortening already takes its LR from the compressed schedule.
 
     Args:
         max_seconds: budget of the whole command, counted from ``started_at``.
@@ -249,12 +251,12 @@ class MetricsWriter(HookBase):
             str(self.tensorboard_dir()),
             purge_step=self.trainer.start_iter + 1 if self.resume else None)
         self._jsonl = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
-
-    def before_step(self) -> None:
-        self._step_lr = self.trainer.optimizer.param_groups[0]["lr"]  # before the scheduler steps
         if self.progress:
             self._bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter,
                              desc="train", dynamic_ncols=True, smoothing=0.1)
+
+    def before_step(self) -> None:
+        self._step_lr = self.trainer.optimizer.param_groups[0]["lr"]  # before the scheduler steps
 
     def write(self, scalars: dict[str, float], iteration: int) -> None:
         if not is_main_process() or self._jsonl is None:

@@ -132,6 +132,14 @@ class FCOS(nn.Module):
         self.candidates = candidates
         self.backend = backend
 
+    def __prepare_scriptable__(self) -> FCOS:
+        """``torch.jit.script(model)`` calls this first: refuse in one clear line, rather
+        than with TorchScript's error on the first Python construct it cannot compile."""
+        raise RuntimeError(
+            "fcos_fast's FCOS does not support TorchScript (torch.jit.script, deprecated in "
+            "PyTorch): run it eagerly or with torch.compile, or export it as a fixed-size "
+            "graph with fcos_fast.export.StaticFCOS (torch.export, ONNX)")
+
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
                 ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses in training mode, detections in evaluation mode (see the class docstring)."""

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from fcos_fast import ops
 from fcos_fast.model.head import HeadOutputs
-from fcos_fast.model.points import Points, decode_boxes
+from fcos_fast.model.points import Points
 
 CANDIDATE_SCHEMES = ("per_class", "per_level")
 
@@ -80,31 +80,53 @@ def candidates_per_level(scores: Tensor, num_per_level: list[int], k: int,
 
     One ``torch.topk`` per level serves the whole batch: each image is one long row of
     ``points * classes`` scores, the shape ``torch.topk`` is built for (whereas
-    ``ops.per_class_topk`` is built for many class columns of moderate length).
+    ``ops.per_class_topk`` is built for many class columns of moderate length). The
+    scores are thresholded once, the levels' top-k concatenated per image, and the
+    candidates compacted in one step: a fixed number of operators (and one host sync)
+    whatever the batch size and the number of levels' candidates.
 
     Args:
         scores: ``[B, P, C]`` detection scores, levels concatenated along ``P``.
         num_per_level: points of each level.
 
     Returns:
-        ``Candidates`` ordered by level, image, then score descending.
+        ``Candidates`` ordered by image, level, then score descending (torchvision's
+        ``FCOS.postprocess_detections`` order: its loop over images, then levels).
     """
-    batch_size, _, num_classes = scores.shape
-    found: list[Candidates] = []
-    start = 0  # index of the level's first point
-    for level_scores in scores.split(num_per_level, dim=1):
-        pairs = level_scores.reshape(batch_size, -1)  # [B, n * C], pair = point * C + class
-        # Non-candidates (and NaN) become -inf so that they take a top-k slot only when
-        # there are fewer than k candidates; the mask below then drops them.
-        pairs = torch.where(pairs > score_thresh, pairs, float("-inf"))
-        top_scores, pair = pairs.topk(min(k, pairs.shape[1]), dim=1)  # [B, k]
-        keep = top_scores > score_thresh
-        image = torch.arange(batch_size, device=scores.device)[:, None].expand_as(pair)
-        pair = pair[keep]
-        found.append(Candidates(top_scores[keep], image[keep], start + pair // num_classes,
-                                pair % num_classes))
-        start += level_scores.shape[1]
-    return Candidates(*(torch.cat(parts) for parts in zip(*found)))
+    num_classes = scores.shape[2]
+    top_scores, pair = _top_per_level(scores, num_per_level, k, score_thresh)  # [B, L]
+    # The slots below the threshold hold -inf (fewer than k candidates in the level).
+    image, slot = torch.where(top_scores > score_thresh)
+    pair = pair[image, slot]
+    return Candidates(top_scores[image, slot], image, pair // num_classes, pair % num_classes)
+
+
+def _top_per_level(scores: Tensor, num_per_level: list[int], k: int, score_thresh: float
+                   ) -> tuple[Tensor, Tensor]:
+    """Per image and level, the top ``min(k, n_l * C)`` (point, class) pairs of the
+    thresholded scores, the levels side by side.
+
+    Returns:
+        ``(scores [B, L], pair [B, L])`` with ``L = sum_l min(k, n_l * C)``: level 0's
+        top-k slots (score descending), then level 1's, ...; ``pair = point * C + class``
+        over the whole image. A slot past a level's candidates has score ``-inf``.
+    """
+    batch_size, num_points, num_classes = scores.shape
+    # Thresholded once for all levels (non-candidates and NaN become -inf, so that they
+    # take a top-k slot only when there are fewer than k candidates); each image one row
+    # of point * C + class pairs, split into the levels' column ranges (views).
+    pairs_by_level = torch.where(scores > score_thresh, scores, float("-inf")).reshape(
+        batch_size, num_points * num_classes).split(
+            [count * num_classes for count in num_per_level], dim=1)
+    top_scores, pairs = [], []
+    start = 0
+    for pairs_of_level in pairs_by_level:
+        found, pair = pairs_of_level.topk(min(k, pairs_of_level.shape[1]), dim=1)
+        top_scores.append(found)
+        # Pair index over the whole image: point * C + class.
+        pairs.append(pair + start if start else pair)
+        start += pairs_of_level.shape[1]
+    return torch.cat(top_scores, dim=1), torch.cat(pairs, dim=1)
 
 
 def postprocess_detections(outputs: HeadOutputs, points: Points,
@@ -139,15 +161,18 @@ def postprocess_detections(outputs: HeadOutputs, points: Points,
         found = candidates_per_level(scores, points.num_per_level, topk_candidates,
                                      score_thresh)
 
-    boxes = decode_boxes(points.xy[found.point], points.stride[found.point],
-                         outputs.box_regression[found.image, found.point].float())
+    # Decoded as Points.decode does (bitwise decode_boxes), for the candidates only.
+    regression = outputs.box_regression[found.image, found.point]
+    if regression.dtype != torch.float32:
+        regression = regression.float()
+    boxes = points.xyxy[found.point] + regression * points.signed_stride[found.point]
     # Clip to each candidate's own image (height, width), before padding.
-    sizes = torch.tensor(image_sizes, dtype=boxes.dtype, device=boxes.device)[found.image]
-    upper = sizes.flip(1).repeat(1, 2)  # [M, 4]: (W, H, W, H)
+    upper = torch.as_tensor([(width, height, width, height) for height, width in image_sizes],
+                            dtype=boxes.dtype, device=boxes.device)[found.image]  # [M, 4]
     boxes = torch.minimum(boxes.clamp(min=0), upper)
 
-    keep = ops.batched_nms(boxes.detach(), found.scores.detach(),
-                           found.image * num_classes + found.label, nms_thresh,
+    keep = ops.batched_nms(_detached(boxes), _detached(found.scores),
+                           torch.add(found.label, found.image, alpha=num_classes), nms_thresh,
                            backend=backend, check_values=False)  # by decreasing score
     keep, counts = _first_per_image(keep, found.image[keep], len(image_sizes),
                                     detections_per_img)
@@ -155,6 +180,11 @@ def postprocess_detections(outputs: HeadOutputs, points: Points,
     return [{"boxes": boxes, "scores": scores, "labels": labels} for boxes, scores, labels
             in zip(boxes[keep].split(counts), found.scores[keep].split(counts),
                    found.label[keep].split(counts))]
+
+
+def _detached(tensor: Tensor) -> Tensor:
+    """``tensor`` without its autograd graph (itself when it has none: no operator)."""
+    return tensor.detach() if tensor.requires_grad else tensor
 
 
 def _first_per_image(keep: Tensor, image: Tensor, num_images: int, limit: int
@@ -169,12 +199,13 @@ def _first_per_image(keep: Tensor, image: Tensor, num_images: int, limit: int
         ``(selected [M], counts)``: ``selected`` holds image 0's entries in their order,
         then image 1's, ...; ``counts[b]`` of them are image ``b``'s (one host sync).
     """
-    # A stable sort by image keeps each image's entries in their order.
+    # A stable sort by image keeps each image's entries in their order; an entry's rank
+    # in its image is its distance from the image's first entry.
     image, order = image.sort(stable=True)
-    counts = torch.bincount(image, minlength=num_images)
-    first = (counts.cumsum(0) - counts)[image]  # position of each image's first entry
+    first = torch.searchsorted(image, image)  # position of each entry's image's first one
     rank = torch.arange(len(image), device=image.device) - first
-    return keep[order[rank < limit]], counts.clamp(max=limit).tolist()
+    counts = torch.bincount(image, minlength=num_images).clamp(max=limit)
+    return keep[order[rank < limit]], counts.tolist()
 
 
 class PaddedDetections(NamedTuple):
@@ -290,23 +321,10 @@ def _candidates_per_level_padded(scores: Tensor, num_per_level: list[int], k: in
         ``(scores [B, L], point [B, L], label [B, L])``; slots past the candidates have
         score ``-inf``.
     """
-    batch_size, num_points, num_classes = scores.shape
-    top_scores, pairs = [], []
-    start = 0
-    # Thresholded once for all levels; each image one row of point * C + class pairs,
-    # split into the levels' column ranges (views).
-    pairs_by_level = torch.where(scores > score_thresh, scores, float("-inf")).reshape(
-        batch_size, num_points * num_classes).split(
-            [count * num_classes for count in num_per_level], dim=1)
-    for pairs_of_level in pairs_by_level:
-        found, pair = pairs_of_level.topk(min(k, pairs_of_level.shape[1]), dim=1)
-        top_scores.append(found)
-        # Pair index over the whole image: point * C + class.
-        pairs.append(pair + start if start else pair)
-        start += pairs_of_level.shape[1]
-    top_scores, order = torch.cat(top_scores, dim=1).sort(dim=1, descending=True,
-                                                          stable=True)
-    pair = torch.cat(pairs, dim=1).gather(1, order)
+    num_classes = scores.shape[2]
+    top_scores, pair = _top_per_level(scores, num_per_level, k, score_thresh)
+    top_scores, order = top_scores.sort(dim=1, descending=True, stable=True)
+    pair = pair.gather(1, order)
     return top_scores, pair // num_classes, pair % num_classes
 
 

@@ -185,3 +185,15 @@ def test_a_skipped_steps_nan_loss_is_null_in_the_json_lines(tmp_path):
     record = json.loads(line, parse_constant=refuse)
     assert record["train/b"] is None and record["train/total_loss"] is None
     assert record["train/a"] == 3.0 and record["train/skipped_steps"] == 1.0
+
+
+def test_the_progress_bar_is_one_bar_that_reaches_the_end(tmp_path, capsys):
+    """``python -m fcos_fast.train`` without ``--no-progress``: one bar for the run, from
+    the start iteration to the end (the tests of the command run it without)."""
+    from fcos_fast.engine.hooks import MetricsWriter
+
+    trainer = _trainer(Toy(), 5, start_iter=1)
+    trainer.register_hooks([MetricsWriter(tmp_path, period=1, progress=True)])
+    trainer.train()
+    bars = capsys.readouterr().err
+    assert bars.count("1/5 [") == 1 and "5/5 [" in bars, bars

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fcos_fast.export import StaticFCOS
 from fcos_fast.model import FCOS
+from fcos_fast.ops import _dispatch
 from tests.model._helpers import random_batch
 
 NUM_CLASSES = 3
@@ -180,6 +182,47 @@ def test_backend_option_reaches_the_ops(model):
             model(images, targets)
     finally:
         model.backend = None
+
+
+#: The ops each post-processing path dispatches: (path, candidate scheme) -> op names.
+POST_PROCESSING_OPS = {
+    ("dynamic", "per_class"): {"per_class_topk", "batched_nms"},
+    ("dynamic", "per_level"): {"batched_nms"},
+    ("static", "per_class"): {"per_class_topk_padded", "batched_nms_padded"},
+    ("static", "per_level"): {"batched_nms_padded"},
+}
+
+
+@pytest.mark.parametrize("path, candidates", list(POST_PROCESSING_OPS))
+def test_backend_option_reaches_every_post_processing_op(model, monkeypatch, path, candidates):
+    """Detection with ``backend="reference"``, dynamic (``model(images)``) and static
+    (``StaticFCOS``), per class and per level: every op it dispatches is asked for the
+    model's backend. An op called without it would take the automatic choice (native
+    here), and the detection tests of the other backends would test native unawares."""
+    monkeypatch.delenv(_dispatch.BACKEND_ENV_VAR, raising=False)
+    calls = []
+    select = _dispatch.select
+
+    def spy(op, device, backend=None):
+        calls.append((op, backend))
+        return select(op, device, backend)
+
+    monkeypatch.setattr(_dispatch, "select", spy)
+    model.eval()
+    settings = (model.candidates, model.score_thresh, model.backend)
+    model.candidates, model.score_thresh, model.backend = candidates, 0.05, "reference"
+    try:
+        with torch.no_grad():
+            if path == "dynamic":
+                found = model([torch.rand(3, 64, 80), torch.rand(3, 70, 64)])
+                assert sum(len(d["scores"]) for d in found) > 0
+            else:
+                found = StaticFCOS(model)(torch.rand(2, 3, 64, 64))
+                assert found[3].sum() > 0
+    finally:
+        model.candidates, model.score_thresh, model.backend = settings
+    assert {op for op, _ in calls} == POST_PROCESSING_OPS[path, candidates], calls
+    assert all(backend == "reference" for _, backend in calls), calls
 
 
 def test_mixed_precision_losses_and_detections_are_float32(model):

@@ -58,13 +58,14 @@ def test_per_class_candidates_match_a_loop_of_topk(k, thresh):
 
 @pytest.mark.parametrize("k, thresh", [(1, 0.0), (7, 0.3), (1000, 0.1)])
 def test_per_level_candidates_match_torchvisions_loop(k, thresh):
-    """Per (image, level): threshold the flattened (point, class) scores, then topk."""
+    """Per (image, level): threshold the flattened (point, class) scores, then topk; in
+    torchvision's order (its loop over the images, then the levels)."""
     scores = torch.rand(2, NUM_POINTS, 3) * 0.7
     found = candidates_per_level(scores, POINTS.num_per_level, k, thresh)
 
     expected = []
-    for level, (start, count) in enumerate(zip([0, 64, 80, 84, 85], POINTS.num_per_level)):
-        for image in range(2):
+    for image in range(2):
+        for start, count in zip([0, 64, 80, 84, 85], POINTS.num_per_level):
             flat = scores[image, start:start + count].flatten()
             kept = torch.where(flat > thresh)[0]
             top, order = flat[kept].topk(min(k, len(kept)))

@@ -128,45 +128,71 @@ def test_nms_input_errors(backend, device):
         ops.nms(rand(3, 4), rand(4), 0.5, backend=backend)
 
 
-@pytest.mark.skip(reason="TestNMS.test_qnms: quantized boxes (torchvision's qnms) are outside "
-                         "the fcos_fast contract; ops.nms rejects them with InputError")
-def test_qnms():
-    pass
-
-
-def test_quantized_boxes_are_rejected_not_misread():
-    """What stands in for test_qnms: a quantized tensor is refused with one clear line."""
+@pytest.mark.parametrize("backend", [None, *ops.BACKEND_NAMES])
+def test_qnms(backend):
+    """TestNMS.test_qnms runs torchvision's quantized NMS (qnms) on quint8 boxes and
+    scores. Quantized tensors are outside the fcos_fast contract: every backend refuses
+    them at the Python boundary, with an ``InputError`` (a ``ValueError`` and, as
+    torchvision's checks raise, a ``RuntimeError``) naming the argument and its dtype,
+    never by misreading their integer storage."""
     boxes, scores = _create_tensors_with_iou(10, 0.5)
     qboxes = torch.quantize_per_tensor(boxes, scale=1, zero_point=0, dtype=torch.quint8)
     qscores = torch.quantize_per_tensor(scores * 100, scale=1, zero_point=0,
                                         dtype=torch.quint8)
-    with pytest.raises(RuntimeError, match="boxes must be a floating tensor"):
-        ops.nms(qboxes, qscores, 0.5)
+    idxs = torch.zeros(10, dtype=torch.int64)
+    for call, name in ((lambda: ops.nms(qboxes, qscores, 0.5, backend=backend), "boxes"),
+                       (lambda: ops.nms(boxes, qscores, 0.5, backend=backend), "scores"),
+                       (lambda: ops.batched_nms(qboxes, qscores, idxs, 0.5, backend=backend),
+                        "boxes")):
+        with pytest.raises(ops.InputError, match=rf"^{name} must be a floating tensor .*, "
+                                                 r"got torch\.quint8$"):
+            call()
+
+
+def _assert_nms_agrees(expected, keep, scores, tol):
+    """torchvision's check of test_nms_gpu: the same indices, or where they differ (the
+    order of duplicate scores), the same scores."""
+    is_eq = expected.shape == keep.shape and torch.allclose(expected, keep.cpu())
+    if not is_eq and expected.shape == keep.shape:
+        is_eq = torch.allclose(scores[expected].float(), scores[keep.cpu()].float(),
+                               rtol=tol, atol=tol)
+    assert is_eq, "NMS incompatible between torchvision and fcos_fast"
 
 
 @pytest.mark.parametrize("backend,device", _cuda_backends())
 @pytest.mark.parametrize("iou", (0.2, 0.5, 0.8))
-def test_nms_gpu(backend, device, iou, dtype=torch.float64):
+def test_nms_gpu(backend, device, iou):
     """TestNMS.test_nms_gpu: the CPU result (torchvision's) and ours on the GPU agree, or
-    differ only where scores are duplicates (``dtype`` sets only the tolerance, as in
-    torchvision)."""
-    tol = 1e-3 if dtype is torch.half else 1e-5
+    differ only where scores are duplicates."""
     boxes, scores = _create_tensors_with_iou(1000, iou)
     r_cpu = torchvision.ops.nms(boxes, scores, iou)
     r_gpu = ops.nms(boxes.to(device), scores.to(device), iou, backend=backend)
-    is_eq = r_cpu.shape == r_gpu.shape and torch.allclose(r_cpu, r_gpu.cpu())
-    if not is_eq and r_cpu.shape == r_gpu.shape:
-        is_eq = torch.allclose(scores[r_cpu], scores[r_gpu.cpu()], rtol=tol, atol=tol)
-    assert is_eq, f"NMS incompatible between CPU and CUDA for IoU={iou}"
+    _assert_nms_agrees(r_cpu, r_gpu, scores, tol=1e-5)
 
 
-@pytest.mark.parametrize("backend,device", _cuda_backends())
+@pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("iou", (0.2, 0.5, 0.8))
-@pytest.mark.parametrize("dtype", (torch.float, torch.half))
-def test_nms_autocast(backend, device, iou, dtype):
-    """TestNMS.test_autocast: test_nms_gpu under CUDA autocast."""
-    with torch.autocast("cuda"):
-        test_nms_gpu(backend, device, iou, dtype=dtype)
+def test_nms_autocast(backend, device, iou):
+    """TestNMS.test_autocast: NMS of boxes and scores made under autocast, as a
+    detector's head makes them (here by a linear layer: float16 on CUDA, bfloat16 on the
+    CPU), called under autocast. torchvision's autocast kernel computes such boxes in
+    float32 (its CPU kernel alone refuses bfloat16); ours computes every half-precision
+    input in float32: the same indices. Duplicate scores abound in half precision."""
+    dtype = torch.float16 if device == "cuda" else torch.bfloat16
+    boxes, scores = _create_tensors_with_iou(64 if interpreted(backend, device) else 1000, iou)
+    with torch.autocast(device, dtype=dtype):
+        boxes = torch.nn.functional.linear(boxes.to(device), torch.eye(4, device=device))
+        scores = torch.nn.functional.linear(scores.to(device)[:, None],
+                                            torch.ones(1, 1, device=device))[:, 0]
+        assert boxes.dtype == scores.dtype == dtype
+        expected = torchvision.ops.nms(boxes, scores, iou)
+        keep = ops.nms(boxes, scores, iou, backend=backend)
+    assert keep.dtype == torch.int64
+    assert torch.equal(expected, torchvision.ops.nms(boxes.float(), scores.float(), iou))
+    if device == "cpu":  # torchvision's CPU kernel orders equal scores by index, as ours
+        assert torch.equal(keep, expected)
+    else:
+        _assert_nms_agrees(expected.cpu(), keep, scores.cpu(), tol=1e-3)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
