@@ -108,8 +108,11 @@ class LaunchConfig(NamedTuple):
     @property
     def kwargs(self) -> dict[str, Any]:
         """The launch's keyword arguments: the constexprs, the warps, the register limit
-        and ``EXACT_FP``."""
-        limit = {} if self.max_registers is None else {"maxnreg": self.max_registers}
+        (never more than a block of this many warps can have: 64K registers a block on
+        sm_80 and sm_90, or the launch would fail) and ``EXACT_FP``."""
+        limit = {}
+        if self.max_registers is not None:
+            limit["maxnreg"] = min(self.max_registers, 65536 // (32 * self.num_warps))
         return {**self.constexprs, "num_warps": self.num_warps, **limit, **EXACT_FP}
 
 

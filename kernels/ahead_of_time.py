@@ -503,9 +503,11 @@ CONTROLS = {
     # float64 fcos_assign with float32's 32-box chunk (issue 11: 564 bytes of spills).
     "fcos_assign_float64_block_g_32": (
         lambda: _assign_cases([32])[1], "_fcos_assign_kernel", {"BLOCK_G": 32}),
-    # The sweep at 16 warps with 8 rows in flight (128 registers at most).
+    # The sweep at 16 warps with 8 rows in flight: 128 registers at most (the limit a
+    # LaunchConfig of 16 warps sets, 64K registers a block).
     "nms_sweep_16_warps": (
-        lambda: _nms_cases([40_000])[0], "_nms_sweep_kernel", {"num_warps": 16, "CHUNK": 2048}),
+        lambda: _nms_cases([40_000])[0], "_nms_sweep_kernel",
+        {"num_warps": 16, "CHUNK": 2048, "maxnreg": 128}),
     # The focal loss (its float32 forward with the gradient) with Triton's default fp
     # options: more fma than with EXACT_FP (its own arithmetic contracted), and .ftz.
     "focal_default_fp_options": (

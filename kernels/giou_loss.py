@@ -54,11 +54,13 @@ def _giou_parts(x1, y1, x2, y2, x1g, y1g, x2g, y2g):
 @triton.jit
 def _giou_loss_forward_kernel(pred_ptr, target_ptr, eps_ptr, out_ptr, num_boxes,
                               PARTIAL_SUMS: tl.constexpr, BLOCK: tl.constexpr):
-    # int64 rows: the offset 4 * row overflows int32 from 2^29 pairs.
-    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = rows < num_boxes
-    x1, y1, x2, y2 = load_boxes(pred_ptr, rows, ok)
-    x1g, y1g, x2g, y2g = load_boxes(target_ptr, rows, ok)
+    # The program's first row in int64 on its pointers (4 * row overflows int32 from 2^29
+    # pairs), rows within the block in int32: no 64-bit vector offsets to hold.
+    first = tl.program_id(0).to(tl.int64) * BLOCK
+    rows = tl.arange(0, BLOCK)
+    ok = rows < tl.minimum(num_boxes - first, BLOCK).to(tl.int32)
+    x1, y1, x2, y2 = load_boxes(pred_ptr + 4 * first, rows, ok)
+    x1g, y1g, x2g, y2g = load_boxes(target_ptr + 4 * first, rows, ok)
     eps = tl.load(eps_ptr)
 
     inter, union, enclose, _, _, _, _, _ = _giou_parts(x1, y1, x2, y2, x1g, y1g, x2g, y2g)
@@ -67,7 +69,7 @@ def _giou_loss_forward_kernel(pred_ptr, target_ptr, eps_ptr, out_ptr, num_boxes,
     if PARTIAL_SUMS:
         tl.store(out_ptr + tl.program_id(0), tl.sum(tl.where(ok, loss, 0.0)))
     else:
-        tl.store(out_ptr + rows, loss, mask=ok)
+        tl.store(out_ptr + first + rows, loss, mask=ok)
 
 
 @triton.jit
@@ -124,15 +126,16 @@ def _axis_grads(lo, hi, lo_t, hi_t, grad_len, grad_len_t, grad_inter, grad_enclo
 def _giou_loss_backward_kernel(grad_out_ptr, pred_ptr, target_ptr, eps_ptr,
                                grad_pred_ptr, grad_target_ptr, num_boxes,
                                SCALAR_GRAD: tl.constexpr, BLOCK: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # (see the forward)
-    ok = rows < num_boxes
-    x1, y1, x2, y2 = load_boxes(pred_ptr, rows, ok)
-    x1g, y1g, x2g, y2g = load_boxes(target_ptr, rows, ok)
+    first = tl.program_id(0).to(tl.int64) * BLOCK  # (see the forward)
+    rows = tl.arange(0, BLOCK)
+    ok = rows < tl.minimum(num_boxes - first, BLOCK).to(tl.int32)
+    x1, y1, x2, y2 = load_boxes(pred_ptr + 4 * first, rows, ok)
+    x1g, y1g, x2g, y2g = load_boxes(target_ptr + 4 * first, rows, ok)
     eps = tl.load(eps_ptr)
     if SCALAR_GRAD:  # mean or sum: the gradient of every loss is the same
         grad = tl.load(grad_out_ptr) + tl.zeros_like(x1)
     else:
-        grad = tl.load(grad_out_ptr + rows, mask=ok, other=0.0)
+        grad = tl.load(grad_out_ptr + first + rows, mask=ok, other=0.0)
 
     # Recompute the forward quantities.
     inter, union, enclose, inter_w, inter_h, overlaps, enc_w, enc_h = _giou_parts(
@@ -160,8 +163,8 @@ def _giou_loss_backward_kernel(grad_out_ptr, pred_ptr, target_ptr, eps_ptr,
     gy1, gy2, gy1g, gy2g = _axis_grads(y1, y2, y1g, y2g, grad_union * (x2 - x1),
                                        grad_union * (x2g - x1g), grad_inter_h, grad_enc_h)
 
-    _store_boxes(grad_pred_ptr, rows, ok, gx1, gy1, gx2, gy2)
-    _store_boxes(grad_target_ptr, rows, ok, gx1g, gy1g, gx2g, gy2g)
+    _store_boxes(grad_pred_ptr + 4 * first, rows, ok, gx1, gy1, gx2, gy2)
+    _store_boxes(grad_target_ptr + 4 * first, rows, ok, gx1g, gy1g, gx2g, gy2g)
 
 
 # Launch configuration. The kernels are elementwise over box pairs (32 or 64 bytes in,

@@ -55,7 +55,8 @@ def test_cuda_smoke_runs_from_the_repository_root_on_the_cpu():
     assert result.returncode == 0, result.stderr[-2000:]
     done = [line.split(": ")[1] for line in result.stdout.splitlines()]
     assert done == ["nms ok", "giou_loss ok", "per_class_topk ok", "per_class_topk_padded ok",
-                    "batched_nms_padded ok", "fcos_assign ok", "every op ok"]
+                    "batched_nms_padded ok", "fcos_assign ok", "sigmoid_focal_loss ok",
+                    "every op ok"]
 
 
 def _sleeper(seconds: float, name: str):
