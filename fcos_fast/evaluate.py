@@ -5,6 +5,11 @@ Prints the pycocotools table and the per-class APs, and writes ``metrics.json`` 
 ``eval-<split>`` folder beside the checkpoint). The config stored in the checkpoint is used
 unless ``--config`` is given; ``--set`` overrides either. Runs under ``torchrun`` too.
 
+``--precision`` (default ``auto``: bfloat16 autocast where the CPU or GPU executes it
+natively, float16 on older GPUs, else float32; ``fp32``, ``bf16``, ``fp16`` force one)
+is the precision of the network, as in training; the backbone runs channels-last on the
+CPU under bfloat16. The precision is printed and recorded in ``metrics.json``.
+
 ``--torchvision-checkpoint FILE`` evaluates a torchvision ``fcos_resnet50_fpn`` state dict
 instead (its published COCO weights: box AP 39.2 on val2017) with the config
 ``coco_r50_1x.yaml`` unless ``--config`` names another: the config gives the data, the
@@ -20,11 +25,13 @@ import sys
 from pathlib import Path
 
 from fcos_fast.data import build_dataset
-from fcos_fast.engine.cli import (add_model_arguments, load_model, model_config,
+from fcos_fast.engine.cli import (add_model_arguments, add_precision_argument,
+                                  inference_setup, load_model, model_config,
                                   report_user_errors, resolve_device)
 from fcos_fast.engine.distributed import cleanup, init_distributed, is_main_process
 from fcos_fast.engine.evaluation import evaluate
 from fcos_fast.engine.hooks import write_metrics
+from fcos_fast.engine.precision import inference_precision
 from fcos_fast.model.torchvision_compat import CategoryRelabel, coco_category_labels
 
 
@@ -35,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default=None, help="split (default: data.val_split)")
     parser.add_argument("--out", default=None, help="folder for metrics.json")
     parser.add_argument("--no-progress", action="store_true")
+    add_precision_argument(parser)
     args = parser.parse_args(argv)
     return report_user_errors(lambda: _evaluate(args))
 
@@ -45,16 +53,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint or args.torchvision_checkpoint)
     device = init_distributed(resolve_device(config.train.device))
     try:
+        precision = inference_precision(args.precision, device)
         model, config, _ = load_model(args, config, device)
+        how = inference_setup(model, precision, config)
         dataset = build_dataset(config, split)
         if args.torchvision_checkpoint is not None:
             model = CategoryRelabel(model, coco_category_labels(dataset.label_to_category_id,
                                                                 dataset.class_names))
         metrics, report = evaluate(model, dataset, batch_size=config.train.eval_batch_size,
                                    device=device, num_workers=config.data.num_workers,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, precision=precision)
         if is_main_process():
             out = Path(args.out) if args.out else checkpoint.parent / f"eval-{split}"
+            print(how)
             print(report, end="")
             write_metrics({**metrics, "checkpoint": str(checkpoint), "split": split},
                           out / "metrics.json")

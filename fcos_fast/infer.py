@@ -7,6 +7,8 @@ them side by side in ``DIR/grid.png``, and
 ``DIR/detections.json``: per image its path, size and every detection (``box`` as
 ``[x1, y1, x2, y2]`` in pixels, ``score``, ``label``, ``class_name``).
 
+``--precision`` (default ``auto``) is the precision of the network, as for ``evaluate``.
+
 ``--torchvision-checkpoint FILE`` detects with a torchvision ``fcos_resnet50_fpn`` state
 dict instead (config: ``coco_r50_1x.yaml`` unless ``--config`` is given); its labels are
 COCO category ids, named as torchvision names them.
@@ -22,8 +24,10 @@ from pathlib import Path
 import torch
 
 from fcos_fast.data import build_dataset, load_image
-from fcos_fast.engine.cli import (add_model_arguments, load_model, model_config,
+from fcos_fast.engine.cli import (add_model_arguments, add_precision_argument,
+                                  inference_setup, load_model, model_config,
                                   report_user_errors, resolve_device)
+from fcos_fast.engine.precision import Precision, autocast, inference_precision
 from fcos_fast.visualize import draw_detections, montage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -46,12 +50,14 @@ def find_images(inputs: list[str]) -> list[Path]:
 
 @torch.no_grad()
 def detect(model: torch.nn.Module, paths: list[Path], *, batch_size: int = 8,
-           device: torch.device | str = "cpu"):
-    """Yield ``(path, image, detections)`` per image, in batches of ``batch_size``."""
+           device: torch.device | str = "cpu", precision: Precision | None = None):
+    """Yield ``(path, image, detections)`` per image, in batches of ``batch_size``;
+    the network under ``precision``'s autocast (None: float32)."""
     for start in range(0, len(paths), batch_size):
         batch = paths[start:start + batch_size]
         images = [load_image(path) for path in batch]
-        outputs = model([image.to(device) for image in images])
+        with autocast(precision):
+            outputs = model([image.to(device) for image in images])
         for path, image, output in zip(batch, images, outputs):
             yield path, image, {key: value.cpu() for key, value in output.items()}
 
@@ -70,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="draw and list detections scoring above this")
     parser.add_argument("--scale", type=int, default=0,
                         help="enlarge pictures this many times (default: to >= 384 px)")
+    add_precision_argument(parser)
     args = parser.parse_args(argv)
     return report_user_errors(lambda: _infer(args))
 
@@ -77,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 def _infer(args: argparse.Namespace) -> int:
     config = model_config(args)
     device = resolve_device(config.train.device)
+    precision = inference_precision(args.precision, device)
     model, config, class_names = load_model(args, config, device)
+    print(inference_setup(model, precision, config))
     if args.inputs:
         paths = find_images(args.inputs)
     else:
@@ -88,7 +97,8 @@ def _infer(args: argparse.Namespace) -> int:
     unique_names = len({path.stem for path in paths}) == len(paths)
     records, pictures = [], []
     for index, (path, image, found) in enumerate(
-            detect(model, paths, batch_size=config.train.eval_batch_size, device=device)):
+            detect(model, paths, batch_size=config.train.eval_batch_size, device=device,
+                   precision=precision)):
         keep = found["scores"] > args.score_thresh
         boxes, scores, labels = found["boxes"][keep], found["scores"][keep], found["labels"][keep]
         scale = args.scale or max(1, -(-384 // max(image.shape[1:])))
