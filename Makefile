@@ -38,11 +38,14 @@ test-fast: $(EXTENSION)
 	$(PY) -m pytest -q -m "not slow"
 
 # QUICK=1 keeps it short: 0.2 s of timing per op case, a 150-iteration side-by-side
-# training run against torchvision instead of the default schedule, 0.3 s per export case.
+# training run against torchvision instead of the default schedule, export latency at
+# 192 px batch 2 only (0.3 s per case), evaluation throughput on 16 images per shape.
+# bench_eval scores the demo's trained model (runs/demo, `make demo`) when it is there.
 bench: $(EXTENSION)
 	$(PY) -m benchmarks.run $(if $(QUICK),--quick)
 	$(PY) -m benchmarks.train_vs_torchvision $(if $(QUICK),--quick)
 	$(PY) -m benchmarks.bench_export $(if $(QUICK),--quick)
+	$(PY) -m benchmarks.bench_eval $(if $(QUICK),--quick) $(if $(wildcard runs/demo/checkpoint.pt),--checkpoint runs/demo/checkpoint.pt)
 
 gpu-check:
 	bash scripts/gpu_check.sh benchmarks/results

@@ -23,8 +23,9 @@
 #                end is past an allocation's end); each run's seconds in timing.tsv
 #   benchmarks   python -m benchmarks.run --quick, alone on the GPU: <device>.json rows,
 #                <device>.md table (and <device>.png when matplotlib is installed) in OUTDIR
-#   export       python -m benchmarks.bench_export --quick at 512 px, batch 1 and 8: the
-#                eager model, StaticFCOS eager/compiled, CUDA graphs, the exported program
+#   export       python -m benchmarks.bench_export --quick at 512 px, batch 1 and 8, in
+#                float32 and at auto's precision (bfloat16 on Ampere+): the eager model,
+#                StaticFCOS eager/compiled, CUDA graphs, the exported program
 #                (OUTDIR/export/<device>.md); skipped, not failed, when the time left is
 #                under 2 minutes
 #
@@ -297,7 +298,7 @@ step_export() {
     echo "under 2 minutes of the budget left: export latency not measured"
     return 0
   fi
-  $PY -m benchmarks.bench_export --quick --sizes 512 --results-dir "$OUT/export" \
+  $PY -m benchmarks.bench_export --quick --sizes 512 --batches 1 8 --results-dir "$OUT/export" \
     --no-readme > "$OUT/export.log" 2>&1
   rc=$?
   tail -12 "$OUT/export.log"

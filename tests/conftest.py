@@ -36,3 +36,23 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# Trained default runs, for the slow learning-outcome tests (tests/_trained.py): built
+# only when a test asks for one, once per session.
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """The default run (``python -m fcos_fast.train``, full schedule)."""
+    from tests._trained import train_default_run
+
+    return train_default_run(tmp_path_factory.mktemp("default_run"))
+
+
+@pytest.fixture(scope="session")
+def default_run_seed7(tmp_path_factory):
+    """The default run on another draw of the synthetic data (``data.synthetic.seed=7``)."""
+    from tests._trained import train_default_run
+
+    return train_default_run(tmp_path_factory.mktemp("default_run_seed7"),
+                             "data.synthetic.seed=7")

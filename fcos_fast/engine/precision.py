@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -48,12 +48,13 @@ class Precision:
     Attributes:
         name: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
         device_type: ``"cpu"``, ``"cuda"``, ...
-        reason: why ``auto`` chose it (or that it was forced), for the log.
+        reason: why ``auto`` chose it (or that it was forced), for the log; not part of
+            equality.
     """
 
     name: str
     device_type: str
-    reason: str = ""
+    reason: str = field(default="", compare=False)
 
     @property
     def dtype(self) -> torch.dtype | None:
