@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from fcos_fast import ops
-from fcos_fast.engine.precision import Precision, set_inference_memory_format
+from fcos_fast.engine.precision import (Precision, inference_precision,
+                                        set_inference_memory_format)
 from fcos_fast.export import (StaticFCOS, export_static, load, model_input_size,
                               program_metadata, save_program)
 from fcos_fast.export.__main__ import compare, pad_detections, run_in_fresh_process
@@ -528,6 +529,15 @@ def test_command_exports_checks_onnx_and_evaluates(run, tmp_path, capsys):
     assert lines[2].startswith("mAP on val (4 images)") and eager == exported
     program = torch.export.load(tmp_path / "model.pt2").module()
     assert program(torch.rand(2, 3, 64, 64))[0].shape == (2, 100, 4)
+    # At the precision auto picks here (bfloat16 on a CPU that runs it natively); ONNX in
+    # float32; the program file records what it is.
+    name = inference_precision("auto", "cpu").name
+    assert f"precision {name}" in lines[0] and f"at {name}:" in lines[2]
+    assert "(float32)" in lines[1]
+    assert (name != "fp32") == (len(lines) == 4 and lines[3].startswith("float32 eager model"))
+    detector = load(tmp_path / "model.pt2")
+    assert detector.class_names == ["circle", "square", "triangle"]
+    assert (detector.input_size, detector.batch_size, detector.precision) == ((64, 64), 2, name)
 
 
 def test_command_at_another_size_compares_with_the_eager_static_model(run, tmp_path, capsys):
