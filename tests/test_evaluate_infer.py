@@ -15,7 +15,7 @@ from fcos_fast.engine.build import load_trained_model
 from fcos_fast.engine.cli import inference_setup
 from fcos_fast.engine.evaluation import evaluate as evaluate_model
 from fcos_fast.engine.evaluation import inference
-from fcos_fast.engine.precision import inference_precision, resolve_precision
+from fcos_fast.engine.precision import Precision, inference_precision, resolve_precision
 from fcos_fast.visualize import draw_detections, plot_curves
 from tests.engine.tiny import tiny_overrides
 
@@ -114,6 +114,26 @@ def test_training_evaluates_at_the_training_precision(run):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["precision"] == resolve_precision("auto", "cpu").name  # solver.amp: auto
     assert f"evaluation precision: {metrics['precision']}" in (run / "log.txt").read_text()
+
+
+def test_evaluation_runs_the_network_at_its_precision(run):
+    """``inference(precision=...)``: the network under that autocast (bfloat16 runs on any
+    CPU, emulated where not native), post-processing float32."""
+    model, config, _ = load_trained_model(run / "checkpoint.pt")
+    dataset = build_dataset(config, "val")
+    found = inference(model, dataset, batch_size=4, precision=Precision("bf16", "cpu"))
+    images = [dataset[index][0] for index in range(len(dataset))]  # one batch of 4
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(images)
+    with torch.no_grad():
+        float32 = model(images)
+    assert sum(len(e["scores"]) for e in expected) > 0
+    for got, want in zip(found, expected, strict=True):
+        assert got["scores"].dtype == got["boxes"].dtype == torch.float32
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(got[key], want[key]), key
+    assert any(not torch.equal(got["scores"], plain["scores"])
+               for got, plain in zip(found, float32))
 
 
 def test_evaluate_records_a_forced_precision(run, tmp_path, capsys):
