@@ -393,6 +393,9 @@ def test_static_under_bf16_equals_the_dynamic_model_under_autocast(candidates):
     with torch.no_grad():  # and the precision made a difference
         float32 = StaticFCOS(model)(images)
     assert compare(outputs, float32, exact=True) is not None
+    # A float32 StaticFCOS under the caller's autocast runs as the dynamic model does there.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compare(StaticFCOS(model)(images), outputs, exact=True) is None
 
 
 def test_bf16_export_round_trips_into_a_fresh_process(tmp_path):
@@ -533,6 +536,7 @@ def test_command_exports_checks_onnx_and_evaluates(run, tmp_path, capsys):
     # float32; the program file records what it is.
     name = inference_precision("auto", "cpu").name
     assert f"precision {name}" in lines[0] and f"at {name}:" in lines[2]
+    assert ("backbone channels-last" in lines[0]) == (name == "bf16")
     assert "(float32)" in lines[1]
     assert (name != "fp32") == (len(lines) == 4 and lines[3].startswith("float32 eager model"))
     detector = load(tmp_path / "model.pt2")
