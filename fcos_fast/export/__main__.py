@@ -168,9 +168,10 @@ def _export(args: argparse.Namespace) -> int:
             set_inference_memory_format(model, fp32, config.solver.channels_last)
             reference, _ = evaluate(model, dataset, batch_size=batch, device=device,
                                     num_workers=config.data.num_workers, precision=fp32)
+            differences = [eager[key] - reference[key] for key in ("mAP", "mAP50")]
             print(f"float32 eager model: mAP {reference['mAP']:.4f} (mAP@0.5 "
                   f"{reference['mAP50']:.4f}); {precision.name} differs by "
-                  f"{eager['mAP'] - reference['mAP']:+.4f} ({eager['mAP50'] - reference['mAP50']:+.4f})")
+                  f"{differences[0]:+.4f} ({differences[1]:+.4f})")
     return 0
 
 
