@@ -136,11 +136,15 @@ def test_evaluation_runs_the_network_at_its_precision(run):
                for got, plain in zip(found, float32))
 
 
-def test_evaluate_records_a_forced_precision(run, tmp_path, capsys):
+@pytest.mark.parametrize("setting", ["fp32", "auto"])
+def test_evaluate_scores_at_its_precision_and_records_it(run, tmp_path, capsys, setting):
     assert evaluate.main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path),
-                          "--precision", "fp32", "--no-progress"]) == 0
-    assert "precision: fp32 (set by --precision), backbone contiguous" in capsys.readouterr().out
-    assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == "fp32"
+                          "--precision", setting, "--no-progress"]) == 0
+    chosen = inference_precision(setting, "cpu")
+    layout = "channels-last" if chosen.name == "bf16" else "contiguous"
+    assert f"precision: {chosen.name} ({chosen.reason}), backbone {layout}" in \
+        capsys.readouterr().out
+    assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == chosen.name
 
 
 def test_without_native_bf16_inference_is_the_float32_path(run, tmp_path, capsys, monkeypatch):
