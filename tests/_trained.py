@@ -31,3 +31,9 @@ def train_default_run(root: Path, *overrides: str) -> Path:
                     "--set", "solver.max_minutes=null", *overrides],
                    cwd=root, env=env, check=True, timeout=TIMEOUT_S)
     return root / "runs" / "synthetic"
+
+
+def use_its_data(run: Path, monkeypatch) -> None:
+    """Point this process at the synthetic set ``run`` was trained on (its temporary
+    cache), so that evaluating it reads that set rather than generating one elsewhere."""
+    monkeypatch.setenv("FCOS_FAST_CACHE", str(run.parents[1] / "cache"))

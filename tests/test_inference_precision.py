@@ -17,6 +17,7 @@ import pytest
 from fcos_fast import evaluate
 from fcos_fast.engine.precision import inference_precision
 from fcos_fast.export.__main__ import main as export_main
+from tests._trained import use_its_data
 
 BOUND = 0.003
 
@@ -47,20 +48,25 @@ def _assert_auto_scores_as_float32(run, folder) -> None:
 
 
 @pytest.mark.slow
-def test_auto_precision_scores_as_float32_on_the_default_run(default_run, tmp_path):
+def test_auto_precision_scores_as_float32_on_the_default_run(default_run, tmp_path,
+                                                              monkeypatch):
+    use_its_data(default_run, monkeypatch)
     _assert_auto_scores_as_float32(default_run, tmp_path)
 
 
 @pytest.mark.slow
-def test_auto_precision_scores_as_float32_on_another_draw(default_run_seed7, tmp_path):
+def test_auto_precision_scores_as_float32_on_another_draw(default_run_seed7, tmp_path,
+                                                          monkeypatch):
+    use_its_data(default_run_seed7, monkeypatch)
     _assert_auto_scores_as_float32(default_run_seed7, tmp_path)
 
 
 @pytest.mark.slow
-def test_exported_default_run_at_auto_precision(default_run, tmp_path, capsys):
+def test_exported_default_run_at_auto_precision(default_run, tmp_path, capsys, monkeypatch):
     """The default run exported at ``auto`` (batch 8): loaded in a fresh process, the eager
     model's detections at that precision exactly; its mAP the eager model's, and within
     the bound of float32's."""
+    use_its_data(default_run, monkeypatch)
     assert export_main(["--checkpoint", str(default_run / "checkpoint.pt"), "--out",
                         str(tmp_path / "model.pt2"), "--batch", "8", "--evaluate"]) == 0
     lines = capsys.readouterr().out.splitlines()
