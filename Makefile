@@ -65,11 +65,14 @@ test-oldest: $(OLDEST_INSTALLED)
 	bash scripts/test_oldest_stack.sh $(OLDEST_PY)
 
 # QUICK=1 keeps it short: 0.2 s of timing per op case, a 150-iteration side-by-side
-# training run against torchvision instead of the default schedule, 0.3 s per export case.
+# training run against torchvision instead of the default schedule, export latency at
+# 192 px batch 2 only (0.3 s per case), evaluation throughput on 16 images per shape.
+# bench_eval scores the demo's trained model (runs/demo, `make demo`) when it is there.
 bench: $(EXTENSION)
 	$(PY) -m benchmarks.run $(if $(QUICK),--quick)
 	$(PY) -m benchmarks.train_vs_torchvision $(if $(QUICK),--quick)
 	$(PY) -m benchmarks.bench_export $(if $(QUICK),--quick)
+	$(PY) -m benchmarks.bench_eval $(if $(QUICK),--quick) $(if $(wildcard runs/demo/checkpoint.pt),--checkpoint runs/demo/checkpoint.pt)
 
 # On a GPU machine: the whole check within its budget (BUDGET=480 seconds), results and
 # logs in benchmarks/results/gpu_check. REHEARSE=1: every step's own code on the CPU.

@@ -146,3 +146,16 @@ def fill_readme_block(readme: Path, begin: str, end: str, content: str) -> None:
     block = f"{begin}\n{content}{end}"
     pattern = re.escape(begin) + ".*?" + re.escape(end)
     write_atomically(readme, re.sub(pattern, lambda _: block, text, flags=re.S))
+
+
+def save_run(rows: list[dict], table: str, results_dir: Path, label: str, *,
+             readme_block: tuple[Path, str, str] | None = None) -> None:
+    """A standalone benchmark's run: ``rows`` appended to ``<results_dir>/<label>.json``,
+    ``table`` (its markdown) as ``<label>.md``, and, with ``readme_block`` ``(readme,
+    begin, end)``, the README block between those markers refreshed."""
+    results = results_dir / f"{label}.json"
+    history = json.loads(results.read_text()) if results.exists() else []
+    write_atomically(results, json.dumps(history + rows, indent=1) + "\n")
+    write_atomically(results_dir / f"{label}.md", table)
+    if readme_block is not None:
+        fill_readme_block(*readme_block, table)

@@ -23,6 +23,8 @@ to, and a later run over the input folder never reads the pictures as inputs. An
 unreadable file is skipped with a warning and listed at the end. Every file is written
 whole (a temporary file renamed into place).
 
+``--precision`` (default ``auto``) is the precision of the network, as for ``evaluate``.
+
 ``--torchvision-checkpoint FILE`` detects with a torchvision ``fcos_resnet50_fpn`` state
 dict instead (config: ``coco_r50_1x.yaml`` unless ``--config`` is given); its labels are
 COCO category ids, named as torchvision names them.
@@ -42,8 +44,10 @@ import torch
 from fcos_fast.config import ConfigError
 from fcos_fast.data import Categories, DatasetError, build_dataset, load_image
 from fcos_fast.engine.atomic import save_image, write_json
-from fcos_fast.engine.cli import (add_model_arguments, load_detector, model_config,
+from fcos_fast.engine.cli import (add_model_arguments, add_precision_argument,
+                                  inference_setup, load_detector, model_config,
                                   report_user_errors, resolve_device)
+from fcos_fast.engine.precision import Precision, autocast, inference_precision
 from fcos_fast.visualize import draw_detections, montage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -115,12 +119,13 @@ def check_output_folder(out: Path, input_folders: list[Path], outputs: list[Path
 
 @torch.no_grad()
 def detect(model: torch.nn.Module, paths: list[Path], *, batch_size: int = 8,
-           device: torch.device | str = "cpu",
+           device: torch.device | str = "cpu", precision: Precision | None = None,
            unreadable: Callable[[Path, DatasetError], None] | None = None
            ) -> Iterator[tuple[Path, torch.Tensor, dict[str, torch.Tensor]]]:
-    """Yield ``(path, image, detections)`` per image, in batches of ``batch_size``. A file
-    that cannot be read goes to ``unreadable(path, error)`` and is skipped (without
-    ``unreadable`` its ``DatasetError`` is raised)."""
+    """Yield ``(path, image, detections)`` per image, in batches of ``batch_size``, the
+    network under ``precision``'s autocast (None: float32). A file that cannot be read
+    goes to ``unreadable(path, error)`` and is skipped (without ``unreadable`` its
+    ``DatasetError`` is raised)."""
     for start in range(0, len(paths), batch_size):
         batch, images = [], []
         for path in paths[start:start + batch_size]:
@@ -134,7 +139,8 @@ def detect(model: torch.nn.Module, paths: list[Path], *, batch_size: int = 8,
             batch.append(path)
         if not batch:
             continue
-        outputs = model([image.to(device) for image in images])
+        with autocast(precision):
+            outputs = model([image.to(device) for image in images])
         for path, image, output in zip(batch, images, outputs):
             yield path, image, {key: value.cpu() for key, value in output.items()}
 
@@ -174,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=0,
                         help="enlarge pictures this many times (default: 0, as many as "
                              "make them >= 384 px)")
+    add_precision_argument(parser)
     args = parser.parse_args(argv)
     return report_user_errors(lambda: _infer(args))
 
@@ -183,6 +190,7 @@ def _infer(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-images must be at least 1, got {args.num_images}")
     config = model_config(args)
     device = resolve_device(config.train.device)
+    precision = inference_precision(args.precision, device)
     out = Path(args.out)
     if args.inputs:
         paths = find_images(args.inputs, recursive=args.recursive)
@@ -201,6 +209,7 @@ def _infer(args: argparse.Namespace) -> int:
     names = picture_names(paths)
     check_output_folder(out, input_folders, [out / n for n in (*names, GRID, DETECTIONS)], paths)
     model, config, categories = load_detector(args, config, device)
+    print(inference_setup(model, precision, config))
 
     position = {path: index for index, path in enumerate(paths)}
     skipped: list[str] = []
@@ -212,7 +221,8 @@ def _infer(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     records, results, pictures = [], [], []
     for path, image, found in detect(model, paths, batch_size=config.train.eval_batch_size,
-                                     device=device, unreadable=unreadable):
+                                     device=device, precision=precision,
+                                     unreadable=unreadable):
         index = position[path]
         keep = found["scores"] > args.score_thresh
         boxes, scores, labels = found["boxes"][keep], found["scores"][keep], found["labels"][keep]

@@ -290,10 +290,15 @@ def _train(config: Config, out_dir: Path, device: torch.device, *, resume: bool,
                       device=device, precision=precision, scaler=scaler,
                       clip_grad_norm=solver.clip_grad_norm)
 
+    # Evaluation runs at the training precision, on the model as it trains (its backbone
+    # already in the training memory format).
+    logger.info("evaluation precision: %s (the training precision)", precision.name)
+
     def run_evaluation():
         _sync_buffers(model)
         return evaluate(model, val_set, batch_size=config.train.eval_batch_size, device=device,
-                        num_workers=config.data.num_workers, progress=progress)
+                        num_workers=config.data.num_workers, progress=progress,
+                        precision=precision)
 
     writer = MetricsWriter(out_dir, config.train.log_period, progress=progress, resume=resume)
     evaluation = EvalHook(run_evaluation, out_dir, config.train.eval_period, writer)

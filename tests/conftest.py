@@ -61,9 +61,21 @@ def pytest_sessionstart(session):
                     returncode=3)
 
 
+#: The limit of a test that uses a trained default run: the first to ask trains it (about
+#: 5 minutes idle on 2 cores, far longer beside other work), inside that test's limit.
+TRAINED_RUN_TIMEOUT_S = 3600
+TRAINED_RUN_FIXTURES = ("default_run", "default_run_seed7")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Without a GPU, a ``cuda`` test runs its body on the CPU when it takes the ``gpu``
+    """A test of a trained run gets ``TRAINED_RUN_TIMEOUT_S`` (unless it sets its own).
+    Without a GPU, a ``cuda`` test runs its body on the CPU when it takes the ``gpu``
     fixture (tests/gpu.py: the rehearsal of the GPU check), and is skipped otherwise."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if (any(name in fixtures for name in TRAINED_RUN_FIXTURES)
+                and item.get_closest_marker("timeout") is None):
+            item.add_marker(pytest.mark.timeout(TRAINED_RUN_TIMEOUT_S))
     if HAS_CUDA:
         return
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
@@ -99,3 +111,23 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# Trained default runs, for the slow learning-outcome tests (tests/_trained.py): built
+# only when a test asks for one, once per session.
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """The default run (``python -m fcos_fast.train``, full schedule)."""
+    from tests._trained import train_default_run
+
+    return train_default_run(tmp_path_factory.mktemp("default_run"))
+
+
+@pytest.fixture(scope="session")
+def default_run_seed7(tmp_path_factory):
+    """The default run on another draw of the synthetic data (``data.synthetic.seed=7``)."""
+    from tests._trained import train_default_run
+
+    return train_default_run(tmp_path_factory.mktemp("default_run_seed7"),
+                             "data.synthetic.seed=7")

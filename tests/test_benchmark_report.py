@@ -1,5 +1,5 @@
 """The README's benchmark block holds every device's table, and nothing else kept in
-the results folder."""
+the results folder; the export-latency and evaluation tables' ratios."""
 
 from __future__ import annotations
 
@@ -24,3 +24,42 @@ def test_readme_block_takes_device_tables_only(tmp_path):
     assert "(benchmarks/results/cuda-b.png)" in text
     assert "registers per launch" not in text and "cuda-c" not in text and "old" not in text
     assert text.startswith("intro\n") and text.endswith("\nend\n")
+
+
+def _row(size, backend, precision, median, channels_last=False, **extra):
+    return {"op": "fcos_inference", "backend": backend, "precision": precision,
+            "channels_last": channels_last, "size": size, "median": median, "q20": median,
+            "q80": median, "device": "cpu-x-2t", "version": "v", "run": "r", **extra}
+
+
+def test_export_latency_table_has_a_precision_column_and_ratios_to_float32_eager():
+    from benchmarks import bench_export
+
+    rows = [_row("B=8 512px", "eager", "fp32", 100.0),
+            _row("B=8 512px", "compiled", "fp32", 50.0),
+            _row("B=8 512px", "eager", "bf16", 25.0, channels_last=True),
+            _row("B=1 192px", "exported", "bf16", 10.0, channels_last=True),
+            _row("B=1 192px", "eager", "fp32", 30.0)]
+    table = bench_export.markdown(rows)
+    assert "| size | precision | variant | median ms (q20–q80) | speed-up |" in table
+    assert "| B=8 512px | fp32 | eager | 100 (100–100) | baseline |" in table
+    assert "| B=8 512px | fp32 | compiled | 50 (50–50) | **2.00×** |" in table
+    assert "| B=8 512px | bf16, channels-last | eager | 25 (25–25) | **4.00×** |" in table
+    assert "| B=1 192px | bf16, channels-last | exported | 10 (10–10) | **3.00×** |" in table
+
+
+def test_evaluation_table_compares_each_shape_with_its_float32_run():
+    from benchmarks import bench_eval
+
+    rows = [_row(shape, backend, precision, images / seconds, seconds=seconds, images=images,
+                 mAP=0.5, mAP50=0.75)
+            for shape, backend, precision, images, seconds in [
+                ("default", "fp32", "fp32", 300, 6.0),
+                ("default", "auto", "bf16, channels-last", 300, 3.0),
+                ("voc_r18", "fp32", "fp32", 128, 64.0),
+                ("voc_r18", "auto", "bf16, channels-last", 128, 16.0)]]
+    table = bench_eval.markdown(rows, {"default": "the default run", "voc_r18": "voc"})
+    assert "- `default`: the default run" in table
+    assert "| default | fp32 | 300 | 6.0 | 50.0 | baseline | 0.5000 | 0.7500 |" in table
+    assert "| default | bf16, channels-last | 300 | 3.0 | 100.0 | **2.00×** |" in table
+    assert "| voc_r18 | bf16, channels-last | 128 | 16.0 | 8.0 | **4.00×** |" in table

@@ -1,13 +1,21 @@
-"""``python -m fcos_fast.evaluate`` and ``python -m fcos_fast.infer`` on a tiny trained run."""
+"""``python -m fcos_fast.evaluate`` and ``python -m fcos_fast.infer`` on a tiny trained run;
+their ``--precision`` (and ``export``'s)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from PIL import Image
 
 from fcos_fast import evaluate, infer, train
+from fcos_fast.data import build_dataset
 from fcos_fast.engine.build import load_trained_model
+from fcos_fast.engine.cli import inference_setup
+from fcos_fast.engine.evaluation import evaluate as evaluate_model
+from fcos_fast.engine.evaluation import inference
+from fcos_fast.engine.precision import Precision, inference_precision, resolve_precision
 from fcos_fast.visualize import draw_detections, plot_curves
 from tests.engine.tiny import tiny_overrides
 
@@ -140,3 +148,125 @@ def test_pictures(run, tmp_path):
                               torch.tensor([1]), torch.tensor([0.9]), ["a", "b"], scale=2)
     assert picture.size == (120, 80)
     assert plot_curves(run / "metrics.jsonl", tmp_path / "curves.png").is_file()
+
+
+# Precision (``--precision``; fcos_fast.engine.precision.inference_precision).
+
+def test_training_evaluates_at_the_training_precision(run):
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["precision"] == resolve_precision("auto", "cpu").name  # solver.amp: auto
+    assert f"evaluation precision: {metrics['precision']}" in (run / "log.txt").read_text()
+
+
+def test_evaluation_runs_the_network_at_its_precision(run):
+    """``inference(precision=...)``: the network under that autocast (bfloat16 runs on any
+    CPU, emulated where not native), post-processing float32."""
+    model, config, _ = load_trained_model(run / "checkpoint.pt")
+    dataset = build_dataset(config, "val")
+    found = inference(model, dataset, batch_size=4, precision=Precision("bf16", "cpu"))
+    images = [dataset[index][0] for index in range(len(dataset))]  # one batch of 4
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(images)
+    with torch.no_grad():
+        float32 = model(images)
+    assert sum(len(e["scores"]) for e in expected) > 0
+    for got, want in zip(found, expected, strict=True):
+        assert got["scores"].dtype == got["boxes"].dtype == torch.float32
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(got[key], want[key]), key
+    assert any(not torch.equal(got["scores"], plain["scores"])
+               for got, plain in zip(found, float32))
+
+
+@pytest.mark.parametrize("setting", ["fp32", "auto"])
+def test_evaluate_scores_at_its_precision_and_records_it(run, tmp_path, capsys, setting):
+    assert evaluate.main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path),
+                          "--precision", setting, "--no-progress"]) == 0
+    chosen = inference_precision(setting, "cpu")
+    layout = "channels-last" if chosen.name == "bf16" else "contiguous"
+    assert f"precision: {chosen.name} ({chosen.reason}), backbone {layout}" in \
+        capsys.readouterr().out
+    assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == chosen.name
+
+
+def test_without_native_bf16_inference_is_the_float32_path(run, tmp_path, capsys, monkeypatch):
+    """On a CPU without native bfloat16, ``auto`` is float32 with a contiguous backbone:
+    the commands run exactly the float32 path they ran before precision was chosen."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    checkpoint = run / "checkpoint.pt"
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path),
+                          "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "precision: fp32 (the CPU has no native bfloat16" in printed
+    assert "backbone contiguous" in printed
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["precision"] == "fp32"
+
+    # What the commands do, step by step, against the plain float32 model.
+    model, config, _ = load_trained_model(checkpoint)
+    precision = inference_precision("auto", "cpu")
+    assert precision.dtype is None
+    inference_setup(model, precision, config)
+    assert all(p.is_contiguous() for p in model.parameters())
+    dataset = build_dataset(config, "val")
+    ours = inference(model, dataset, batch_size=4, precision=precision)
+    plain, _, _ = load_trained_model(checkpoint)
+    today = inference(plain, dataset, batch_size=4)
+    assert sum(len(found["scores"]) for found in today) > 0
+    for got, want in zip(ours, today, strict=True):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(got[key], want[key]), key
+    baseline, _ = evaluate_model(plain, dataset, batch_size=4)
+    assert {k: metrics[k] for k in ("mAP", "mAP50", "mAP75")} == {
+        k: baseline[k] for k in ("mAP", "mAP50", "mAP75")}
+
+
+def test_infer_runs_at_the_chosen_precision(run, tmp_path, capsys):
+    found = {}
+    for setting in ("fp32", "auto"):
+        assert infer.main(["--checkpoint", str(run / "checkpoint.pt"), "--out",
+                           str(tmp_path / setting), "--num-images", "2", "--scale", "1",
+                           "--score-thresh", "0.0", "--precision", setting]) == 0
+        found[setting] = json.loads((tmp_path / setting / "detections.json").read_text())
+    printed = capsys.readouterr().out
+    name = inference_precision("auto", "cpu").name
+    assert f"precision: {name} (" in printed
+    # bfloat16 moves the scores (4 decimals in the JSON); float32 is float32.
+    assert (found["fp32"] != found["auto"]) == (name != "fp32")
+
+
+@pytest.mark.parametrize("command, value, message", [
+    ("evaluate", "half", "--precision must be one of auto, bf16, fp16, fp32, got 'half'"),
+    ("infer", "fp16", "--precision fp16 is for GPUs"),
+    ("export", "fp16", "--precision fp16 is for GPUs"),
+])
+def test_bad_precision_is_one_error_line(run, tmp_path, command, value, message):
+    out = tmp_path / ("model.pt2" if command == "export" else "out")
+    result = subprocess.run([sys.executable, "-m", f"fcos_fast.{command}", "--checkpoint",
+                             str(run / "checkpoint.pt"), "--out", str(out), "--precision",
+                             value], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr and not out.exists()
+
+
+# bfloat16 forced on a CPU without it: the capability check switched off in the process.
+_NO_BF16 = ("import sys, torch\n"
+            "torch.cpu._is_avx512_bf16_supported = lambda: False\n"
+            "torch.cpu._is_amx_tile_supported = lambda: False\n"
+            "from fcos_fast.{command} import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "infer", "export"])
+def test_bf16_without_native_support_is_one_error_line(run, tmp_path, command):
+    out = tmp_path / ("model.pt2" if command == "export" else "out")
+    module = "export.__main__" if command == "export" else command
+    result = subprocess.run([sys.executable, "-c", _NO_BF16.format(command=module),
+                             "--checkpoint", str(run / "checkpoint.pt"), "--out", str(out),
+                             "--precision", "bf16"], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "this CPU has no native bfloat16" in result.stderr and not out.exists()

@@ -1,6 +1,7 @@
-"""``fcos_fast.export``: StaticFCOS equals the dynamic model, compiles whole, exports,
-round-trips through a file, and translates to ONNX; the ``python -m fcos_fast.export``
-command.
+"""``fcos_fast.export``: StaticFCOS equals the dynamic model (in float32 and under
+bfloat16 autocast), compiles whole, exports, round-trips through a file, and translates to
+ONNX; the program's record and ``load``'s detector (images of any size); the ``python -m
+fcos_fast.export`` command.
 
 Equality with the dynamic model is exact (``torch.equal``) in eager mode: both run the
 same network on the same padded batch and the same per-box arithmetic (the static path
@@ -21,7 +22,11 @@ import torch
 from torch import nn
 
 from fcos_fast import ops
-from fcos_fast.export import StaticFCOS, model_input_size
+from fcos_fast.data.common import Categories
+from fcos_fast.engine.precision import (Precision, autocast, inference_precision,
+                                        set_inference_memory_format)
+from fcos_fast.export import (StaticFCOS, export_static, load, model_input_size,
+                              program_metadata, save_program)
 from fcos_fast.export.__main__ import compare, pad_detections, run_in_fresh_process
 from fcos_fast.export.__main__ import main as export_main
 from fcos_fast.model import FCOS, from_torchvision
@@ -362,6 +367,156 @@ def test_cuda_no_sync_compile_and_cuda_graphs(candidates, gpu):
         _assert_close_detections(replayed, expected)
 
 
+# Precision: the network under bfloat16 autocast with a channels-last backbone (the CPU's
+# inference rule), post-processing in float32. bfloat16 runs on any CPU (emulated where
+# it is not native), so these run everywhere.
+BF16 = Precision("bf16", "cpu")
+
+
+def _nodes(exported: torch.export.ExportedProgram) -> list[torch.fx.Node]:
+    return [node for module in exported.graph_module.modules()
+            if isinstance(module, torch.fx.GraphModule) for node in module.graph.nodes]
+
+
+@pytest.mark.parametrize("candidates", CANDIDATES)
+def test_static_under_bf16_equals_the_dynamic_model_under_autocast(candidates):
+    model, images = _model_and_images(6, "native", candidates)
+    set_inference_memory_format(model, BF16)
+    static = StaticFCOS(model, precision="bf16")
+    assert static.precision == BF16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        dynamic = model(list(images))
+    outputs = static(images)  # its own autocast
+    assert sum(len(found["scores"]) for found in dynamic) > 2 * len(dynamic)
+    _assert_equal_to_dynamic(outputs, dynamic, model.detections_per_img)
+    assert outputs[0].dtype == outputs[1].dtype == torch.float32
+    with torch.no_grad():  # and the precision made a difference
+        float32 = StaticFCOS(model)(images)
+    assert compare(outputs, float32, exact=True) is not None
+    # A float32 StaticFCOS under the caller's autocast runs as the dynamic model does there.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compare(StaticFCOS(model)(images), outputs, exact=True) is None
+
+
+def test_bf16_export_round_trips_into_a_fresh_process(tmp_path):
+    """The autocast region is exported as the casts autocast makes (no autocast node
+    left: torch.export.load cannot read one back at a graph's top level): loaded in a
+    fresh process, the program gives the eager model's bfloat16 detections bit for bit."""
+    model, images = _model_and_images(7, "native", "per_class", num_images=2)
+    set_inference_memory_format(model, BF16)
+    static = StaticFCOS(model, precision=BF16)
+    exported = export_static(static, images)
+    nodes = _nodes(exported)
+    assert not [node for node in nodes
+                if getattr(node.target, "__name__", None) == "wrap_with_autocast"]
+    convolutions = [node for node in nodes if "conv" in str(node.target)]
+    assert convolutions and {node.meta["val"].dtype for node in convolutions} == {
+        torch.float32, torch.bfloat16}  # P6/P7 stay float32
+    path = tmp_path / "model.pt2"
+    save_program(exported, path, program_metadata(static, images, categories=Categories(["a"] * 9, range(9)),
+                                                  model=model, channels_last=True))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]  # no temporary left
+    with torch.no_grad(), BF16.autocast():
+        expected = pad_detections(model(list(images)), model.detections_per_img)
+    assert int(expected[3].sum()) > 4
+    assert compare(run_in_fresh_process(path, images), expected, exact=True) is None
+
+
+def test_compiles_whole_under_bf16():
+    model = _tiny_model("native", "per_class")
+    set_inference_memory_format(model, BF16)
+    static = StaticFCOS(model, precision=BF16)
+    images = torch.rand(2, 3, 96, 120, generator=torch.Generator().manual_seed(4))
+    torch._dynamo.reset()
+    compiled = torch.compile(static, fullgraph=True)
+    expected = static(images)
+    assert int(expected[3].sum()) > 4
+    found = compiled(images)
+    # Inductor fuses the bfloat16 network differently: counts and labels agree, scores
+    # and boxes within bfloat16's rounding.
+    assert torch.equal(found[3], expected[3]) and torch.equal(found[2], expected[2])
+    torch.testing.assert_close(found[1], expected[1], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(found[0], expected[0], rtol=1e-2, atol=0.5)
+
+
+def _save(tmp_path, model, static, batch_size, size, channels_last=False):
+    images = torch.rand(batch_size, 3, *size)
+    path = tmp_path / "model.pt2"
+    save_program(export_static(static, images), path,
+                 program_metadata(static, images, model=model, channels_last=channels_last,
+                                  categories=Categories(["cat", "dog", "cow", "owl"],
+                                                        [3, 5, 7, 9])))
+    return path
+
+
+@pytest.mark.parametrize("precision", [None, BF16], ids=["fp32", "bf16"])
+def test_loader_gives_the_eager_detections_where_the_size_fits(tmp_path, precision):
+    """Images of the program's size (96 x 120, which the model keeps: min_size 96,
+    max_size 120): the eager model's detections, exactly, at the program's precision;
+    three images through a batch-2 program (a short last batch). An image the model
+    resizes to that size: the same up to the float rounding of the resize."""
+    model = _tiny_model("native", "per_class")
+    channels_last = precision is not None and set_inference_memory_format(model, precision)
+    static = StaticFCOS(model, precision=precision)
+    detector = load(_save(tmp_path, model, static, 2, (96, 120), channels_last))
+    assert detector.class_names == ["cat", "dog", "cow", "owl"]
+    assert detector.category_ids == [3, 5, 7, 9]
+    assert (detector.input_size, detector.batch_size) == ((96, 120), 2)
+    assert detector.precision == (precision.name if precision else "fp32")
+    assert detector.metadata["channels_last"] == channels_last
+    generator = torch.Generator().manual_seed(11)
+    images = [torch.rand(3, 96, 120, generator=generator) for _ in range(3)]
+    assert detector.fits(96, 120) and not detector.fits(48, 60)
+    resized = torch.rand(3, 48, 60, generator=generator)  # doubled by the model
+    found = detector([*images, resized])
+    with torch.no_grad(), autocast(precision):
+        expected = model([*images, resized])
+    assert sum(len(e["scores"]) for e in expected) > 6
+    for image, (got, want) in enumerate(zip(found[:3], expected[:3])):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(got[key], want[key]), (image, key)
+    assert compare(pad_detections(found[3:], 25), pad_detections(expected[3:], 25),
+                   exact=False) is None
+
+
+def test_loader_letterboxes_other_sizes_and_maps_boxes_back(tmp_path):
+    """A 192 x 120 image into a 96 x 120 program: halved to 96 x 60, padded on the right
+    with the model's mean colour (zero once normalised, as the model pads); boxes clipped
+    to the image, those that start in the padding dropped, the rest doubled."""
+    model = _tiny_model("native", "per_class")
+    model.topk_candidates, model.detections_per_img = 150, 300  # some in the padding
+    static = StaticFCOS(model)
+    detector = load(_save(tmp_path, model, static, 2, (96, 120)))  # GroupNorm: B > 1 at 1x1
+    image = torch.rand(3, 192, 120, generator=torch.Generator().manual_seed(12))
+    assert not detector.fits(192, 120)
+    (found,) = detector([image])
+
+    half = nn.functional.interpolate(image[None], size=(96, 60), mode="bilinear",
+                                     align_corners=False)[0]
+    mean = torch.tensor(model.transform.image_mean)[:, None, None].expand(3, 96, 60)
+    canvas = torch.cat([half, mean], dim=2)
+    boxes, scores, labels, counts = static(torch.stack([canvas, torch.zeros_like(canvas)]))
+    count = int(counts[0])
+    boxes, scores, labels = boxes[0, :count], scores[0, :count], labels[0, :count]
+    inside = boxes[:, 0] < 60
+    assert inside.any() and not inside.all(), "the case needs detections in the padding"
+    expected = boxes[inside].clone()
+    expected[:, 0::2] = expected[:, 0::2].clamp(max=60)
+    assert torch.equal(found["boxes"], expected * 2)
+    assert torch.equal(found["scores"], scores[inside])
+    assert torch.equal(found["labels"], labels[inside])
+    assert float(found["boxes"][:, 0::2].max()) <= 120
+    assert float(found["boxes"][:, 1::2].max()) <= 192
+
+
+def test_load_refuses_a_program_without_its_record(tmp_path):
+    model = _tiny_model("reference", "per_class")
+    static = StaticFCOS(model)
+    torch.export.save(export_static(static, torch.rand(2, 3, 96, 120)), tmp_path / "bare.pt2")
+    with pytest.raises(ValueError, match="has no fcos_fast.json record"):
+        load(tmp_path / "bare.pt2")
+
+
 # The command, on the tiny trained run of the evaluate/infer tests (3 iterations on 64 px
 # synthetic images).
 from tests.test_evaluate_infer import run  # noqa: E402,F401  (a fixture)
@@ -380,6 +535,16 @@ def test_command_exports_checks_onnx_and_evaluates(run, tmp_path, capsys):
     assert lines[2].startswith("mAP on val (4 images)") and eager == exported
     program = torch.export.load(tmp_path / "model.pt2").module()
     assert program(torch.rand(2, 3, 64, 64))[0].shape == (2, 100, 4)
+    # At the precision auto picks here (bfloat16 on a CPU that runs it natively); ONNX in
+    # float32; the program file records what it is.
+    name = inference_precision("auto", "cpu").name
+    assert f"precision {name}" in lines[0] and f"at {name}:" in lines[2]
+    assert ("backbone channels-last" in lines[0]) == (name == "bf16")
+    assert "(float32)" in lines[1]
+    assert (name != "fp32") == (len(lines) == 4 and lines[3].startswith("float32 eager model"))
+    detector = load(tmp_path / "model.pt2")
+    assert detector.class_names == ["circle", "square", "triangle"]
+    assert (detector.input_size, detector.batch_size, detector.precision) == ((64, 64), 2, name)
 
 
 def test_command_at_another_size_compares_with_the_eager_static_model(run, tmp_path, capsys):

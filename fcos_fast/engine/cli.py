@@ -1,5 +1,5 @@
 """What the entry points ``train``, ``evaluate`` and ``infer`` share: the device, logging,
-the config of a checkpoint, and user errors reported as one line.
+the config of a checkpoint, the inference precision, and user errors reported as one line.
 
 A user mistake (a missing dataset or file, a bad config value, an unreadable checkpoint,
 backbone weights that are not there and cannot be downloaded, a folder that cannot be
@@ -30,6 +30,8 @@ from fcos_fast.engine.build import (build_torchvision_model, checkpoint_categori
                                     restore_trained_model)
 from fcos_fast.engine.checkpoint import CheckpointError, load_checkpoint
 from fcos_fast.engine.distributed import get_rank, is_distributed, is_main_process
+from fcos_fast.engine.precision import (Precision, describe, inference_precision,
+                                        set_inference_memory_format)
 from fcos_fast.model.backbone import WeightsError
 from fcos_fast.model.torchvision_compat import COCO_CATEGORIES
 
@@ -152,6 +154,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              f"--torchvision-checkpoint)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. model.backend=reference")
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision auto|fp32|bf16|fp16`` of the inference commands (checked by
+    ``fcos_fast.engine.precision.inference_precision``, so that a bad value is one
+    ``error:`` line like every other user mistake)."""
+    parser.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16,fp16}",
+                        help="precision of the network (post-processing is float32 always): "
+                             "auto (default) is bfloat16 where the CPU or GPU executes it "
+                             "natively, float16 on older GPUs, else float32; the others force "
+                             "one (refused where the device has no native support)")
+
+
+def inference_setup(model: nn.Module, precision: Precision, config: Config) -> str:
+    """Put ``model``'s backbone in the memory format of ``precision`` (channels-last under
+    bfloat16 on the CPU, unless ``solver.channels_last`` says otherwise; the commands own
+    their model); returns the line that says how inference runs."""
+    channels_last = set_inference_memory_format(model, precision, config.solver.channels_last)
+    return f"precision: {describe(precision, channels_last)}"
 
 
 def model_config(args: argparse.Namespace) -> Config:

@@ -8,7 +8,8 @@ gathers the detections and scores them) and returns the same metrics on every pr
 * ``per_class_AP`` and ``per_class_AP50``, keyed by class name;
 * ``categories``: the dataset's ``[{"id", "name"}]`` in label order;
 * for VOC, ``voc_mAP50`` and ``per_class_voc_AP50`` (11-point AP for VOC 2007, with
-  ``difficult`` objects neither true nor false positives).
+  ``difficult`` objects neither true nor false positives);
+* ``precision``: the precision the network ran at (``fcos_fast.engine.precision``).
 
 An AP that is not defined — a class, or an object size range, without any ground truth
 in the split — is None (JSON ``null``), not pycocotools' -1 or NaN, and means are taken
@@ -29,6 +30,7 @@ from torch import nn
 from fcos_fast.data import DetectionDataset, VOCDetection, test_loader
 from fcos_fast.engine.distributed import (all_gather_objects, broadcast_object, get_rank,
                                           get_world_size, is_main_process)
+from fcos_fast.engine.precision import Precision, autocast
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +40,15 @@ _STAT_NAMES = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large")
 @torch.no_grad()
 def inference(model: nn.Module, dataset: DetectionDataset, *, batch_size: int = 8,
               device: torch.device = torch.device("cpu"), num_workers: int = 0,
-              progress: bool = False) -> list[dict[str, Any]]:
+              progress: bool = False, precision: Precision | None = None
+              ) -> list[dict[str, Any]]:
     """This process's share of the detections: per image ``{"image_id", "boxes" [D, 4]
-    xyxy, "scores" [D], "labels" [D]}`` on the CPU, in the original image coordinates."""
+    xyxy, "scores" [D], "labels" [D]}`` on the CPU, in the original image coordinates.
+
+    ``precision`` is the autocast of the forward pass (``fcos_fast.engine.precision``;
+    the model keeps its post-processing in float32); None: float32. The model is used as
+    it is (its memory format included).
+    """
     loader = test_loader(dataset, batch_size=batch_size, rank=get_rank(),
                          world_size=get_world_size(), num_workers=num_workers)
     was_training = model.training
@@ -52,7 +60,8 @@ def inference(model: nn.Module, dataset: DetectionDataset, *, batch_size: int = 
         batches = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True)
     try:
         for images, targets in batches:
-            outputs = model([image.to(device) for image in images])
+            with autocast(precision):
+                outputs = model([image.to(device) for image in images])
             for target, output in zip(targets, outputs):
                 results.append({"image_id": target["image_id"],
                                 **{key: output[key].cpu() for key in ("boxes", "scores", "labels")}})
@@ -214,10 +223,15 @@ def _ap_cell(value: float | None) -> str:
 
 def evaluate(model: nn.Module, dataset: DetectionDataset, *, batch_size: int = 8,
              device: torch.device = torch.device("cpu"), num_workers: int = 0,
-             progress: bool = False) -> tuple[dict[str, Any], str]:
-    """Metrics of ``model`` on ``dataset`` and the printable report (on every process)."""
+             progress: bool = False, precision: Precision | None = None
+             ) -> tuple[dict[str, Any], str]:
+    """Metrics of ``model`` on ``dataset`` and the printable report (on every process).
+
+    ``precision``: the autocast of the forward pass, as for ``inference`` (None:
+    float32); ``metrics["precision"]`` names it.
+    """
     predictions = inference(model, dataset, batch_size=batch_size, device=device,
-                            num_workers=num_workers, progress=progress)
+                            num_workers=num_workers, progress=progress, precision=precision)
     gathered = all_gather_objects(predictions)
     result = None
     if is_main_process():
@@ -227,5 +241,6 @@ def evaluate(model: nn.Module, dataset: DetectionDataset, *, batch_size: int = 8
             metrics.update(voc_evaluate(dataset, predictions))
             table += f"VOC2007 mAP@0.5 (11-point): {metrics['voc_mAP50']:.4f}\n"
         metrics["num_images"] = len(predictions)
+        metrics["precision"] = precision.name if precision is not None else "fp32"
         result = (metrics, table + format_per_class(metrics))
     return broadcast_object(result)

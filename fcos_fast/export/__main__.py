@@ -1,27 +1,43 @@
 """Export a trained model: ``python -m fcos_fast.export --checkpoint C --out model.pt2``.
 
     python -m fcos_fast.export --checkpoint C --out model.pt2 [--batch B] [--size H W]
-                               [--onnx model.onnx] [--evaluate] [--split S]
-                               [--config FILE] [--set KEY=VALUE ...]
+                               [--precision auto|fp32|bf16|fp16] [--onnx model.onnx]
+                               [--evaluate] [--split S] [--config FILE] [--set KEY=VALUE ...]
 
 Writes ``StaticFCOS`` of the checkpoint's model as a ``torch.export`` program
-(``torch.export.save``) for images ``[B, 3, H, W]`` (default: batch 1 at the config's
-test size, ``input.min_size_test`` square), then checks on ``B`` validation images,
-resized to ``H x W``, that the program loaded in a fresh process (``torch.export.load``
-after ``import fcos_fast``, which registers the custom ops) gives the detections of the
-eager model, and says so in one line. Load it elsewhere the same way::
+(``torch.export.save``, atomically) for images ``[B, 3, H, W]`` (default: batch 1 at the
+config's test size, ``input.min_size_test`` square), then checks on ``B`` validation
+images, resized to ``H x W``, that the program loaded in a fresh process
+(``torch.export.load`` after ``import fcos_fast``, which registers the custom ops) gives
+the detections of the eager model at the same precision, exactly, and says so in one line.
+
+``--precision`` (default ``auto``: bfloat16 where the CPU executes it natively, else
+float32; as ``evaluate`` takes it) is the precision of the network in the program: the
+autocast region is exported as the casts it makes, with a channels-last backbone under
+bfloat16 on the CPU; post-processing is float32. The program file records its class
+names, input size, batch size and precision; ``fcos_fast.export.load`` returns a detector
+that takes images of any size (letterbox in, boxes back in the image's pixels)::
+
+    from fcos_fast.export import load
+    detector = load("model.pt2")
+    detections = detector([image])   # [{"boxes", "scores", "labels"}]; detector.class_names
+
+or the bare program::
 
     import fcos_fast, torch
     program = torch.export.load("model.pt2").module()
     boxes, scores, labels, num_detections = program(images)  # images [B, 3, H, W] in [0, 1]
 
 ``--onnx FILE`` also writes the graph as ONNX with standard operators only
-(``fcos_fast.export.onnx``) and checks it in onnxruntime against the PyTorch outputs
-(same counts and labels, boxes and scores within 1e-4). ``--evaluate`` reports the
-mAP of the eager model and of the exported program on the validation split (``--split``).
+(``fcos_fast.export.onnx``), always in float32 (ONNX runtimes have next to no bfloat16
+kernels on CPUs: onnxruntime's CPU provider has no bfloat16 convolution), and checks it in
+onnxruntime against the float32 program (same counts and labels, boxes and scores within
+1e-4). ``--evaluate`` reports the mAP of the eager model and of the exported program on
+the validation split (``--split``), and, under a lower precision, the float32 eager
+model's beside them.
 
 The program's batch size is static: export one per batch size (a smaller last batch is
-padded with blank images, as ``--evaluate`` does).
+padded with blank images, as ``load``'s detector does).
 """
 
 from __future__ import annotations
@@ -38,9 +54,12 @@ from torch import Tensor, nn
 
 from fcos_fast.config import ConfigError
 from fcos_fast.data import build_dataset
-from fcos_fast.engine.cli import (add_model_arguments, load_detector, model_config,
-                                  report_user_errors)
-from fcos_fast.export import StaticFCOS, model_input_size
+from fcos_fast.engine.cli import (add_model_arguments, add_precision_argument, load_detector,
+                                  model_config, report_user_errors)
+from fcos_fast.engine.precision import (autocast, describe, inference_precision,
+                                        resolve_precision, set_inference_memory_format)
+from fcos_fast.export import (StaticFCOS, export_static, load, model_input_size,
+                              program_metadata, resize_to, save_program)
 
 #: The smallest image side: the coarsest level (stride 128) needs a cell.
 MIN_SIDE = 32
@@ -58,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluate", action="store_true",
                         help="report the eager and the exported mAP on the validation split")
     parser.add_argument("--split", default=None, help="split (default: data.val_split)")
+    add_precision_argument(parser)
     args = parser.parse_args(argv)
     return report_user_errors(lambda: _export(args))
 
@@ -70,14 +90,16 @@ def _export(args: argparse.Namespace) -> int:
                           f"{args.size[0]} {args.size[1]}")
     config = model_config(args)
     device = torch.device("cpu")
+    precision = inference_precision(args.precision, device)
     model, config, categories = load_detector(args, config, device)
+    channels_last = set_inference_memory_format(model, precision, config.solver.channels_last)
     side = config.input.min_size_test
     height, width = args.size if args.size is not None else model_input_size(model, side, side)
     split = args.split or config.data.val_split
     dataset = build_dataset(config, split)
     if args.evaluate and args.checkpoint is not None:  # scored: the classes must be its own
         dataset.require_categories(categories, f"checkpoint {args.checkpoint}")
-    static = StaticFCOS(model).eval()
+    static = StaticFCOS(model, precision=precision).eval()
     if args.onnx is not None:
         missing = [name for name in ("onnx", "onnxscript", "onnxruntime")
                    if importlib.util.find_spec(name) is None]
@@ -89,15 +111,16 @@ def _export(args: argparse.Namespace) -> int:
                           "with the fixed-size ops); rebuild it, or leave out --onnx")
 
     images = validation_batch(dataset, args.batch, (height, width))
-    exported = torch.export.export(static, (images,))
+    exported = export_static(static, images)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(exported, out)
+    save_program(exported, out, program_metadata(static, images, categories=categories,
+                                                 model=model, channels_last=channels_last))
 
-    # The reference: the dynamic model, which leaves images of its input size as they
-    # are; at another size its resize would differ, so the eager StaticFCOS.
+    # The reference: the dynamic model at the same precision, which leaves images of its
+    # input size as they are; at another size its resize would differ, so the eager
+    # StaticFCOS.
     at_input_size = model_input_size(model, height, width) == (height, width)
-    with torch.no_grad():
+    with torch.no_grad(), autocast(precision):
         expected = (padded_from_dynamic(model, images, static.detections_per_img)
                     if at_input_size else static(images))
     loaded = run_in_fresh_process(out, images)
@@ -108,37 +131,49 @@ def _export(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     print(f"exported {out} ({images.shape[0]}x3x{height}x{width}, backend "
-          f"{_backend_name(model)}): loaded in a fresh process, the same detections as "
-          f"{reference} on {images.shape[0]} {split} images "
-          f"({int(expected[3].sum())} detections)")
+          f"{_backend_name(model)}, precision {describe(precision, channels_last)}): loaded "
+          f"in a fresh process, the same detections as {reference} on {images.shape[0]} "
+          f"{split} images ({int(expected[3].sum())} detections)")
 
     if args.onnx is not None:
         from fcos_fast.export.onnx import export_onnx, run_onnxruntime  # noqa: PLC0415
 
-        export_onnx(exported, args.onnx)
-        program = exported.module()
+        # ONNX in float32 always: onnxruntime's CPU provider has no bfloat16 convolution.
+        onnx_source = exported if precision.dtype is None else export_static(
+            StaticFCOS(model).eval(), images)
+        export_onnx(onnx_source, args.onnx)
         with torch.no_grad():
-            ours = program(images)
+            ours = onnx_source.module()(images)
         mismatch = compare(run_onnxruntime(args.onnx, images), ours, exact=False)
         if mismatch:
             print(f"error: onnxruntime's detections with {args.onnx} differ from the "
                   f"exported program's: {mismatch}", file=sys.stderr)
             return 1
-        print(f"exported {args.onnx}: onnxruntime gives the exported program's detections "
-              f"(counts and labels equal, boxes and scores within 1e-4)")
+        print(f"exported {args.onnx} (float32): onnxruntime gives the exported program's "
+              f"detections{'' if precision.dtype is None else ' at float32'} (counts and "
+              f"labels equal, boxes and scores within 1e-4)")
 
     if args.evaluate:
         from fcos_fast.engine.evaluation import evaluate  # noqa: PLC0415
 
         batch = config.train.eval_batch_size
         eager, _ = evaluate(model, dataset, batch_size=batch, device=device,
-                            num_workers=config.data.num_workers)
-        program = ExportedDetector(torch.export.load(out).module(), (height, width))
-        ours, _ = evaluate(program, dataset, batch_size=batch, device=device,
+                            num_workers=config.data.num_workers, precision=precision)
+        ours, _ = evaluate(load(out), dataset, batch_size=batch, device=device,
                            num_workers=config.data.num_workers)
-        print(f"mAP on {split} ({eager['num_images']} images): eager model "
+        print(f"mAP on {split} ({eager['num_images']} images) at {precision.name}: eager model "
               f"{eager['mAP']:.4f} (mAP@0.5 {eager['mAP50']:.4f}), exported program "
               f"{ours['mAP']:.4f} (mAP@0.5 {ours['mAP50']:.4f})")
+        if precision.dtype is not None:
+            # The float32 reference as float32 inference runs: contiguous.
+            fp32 = resolve_precision("fp32", device)
+            set_inference_memory_format(model, fp32, config.solver.channels_last)
+            reference, _ = evaluate(model, dataset, batch_size=batch, device=device,
+                                    num_workers=config.data.num_workers, precision=fp32)
+            differences = [eager[key] - reference[key] for key in ("mAP", "mAP50")]
+            print(f"float32 eager model: mAP {reference['mAP']:.4f} (mAP@0.5 "
+                  f"{reference['mAP50']:.4f}); {precision.name} differs by "
+                  f"{differences[0]:+.4f} ({differences[1]:+.4f})")
     return 0
 
 
@@ -157,15 +192,6 @@ def _backend_name(model: nn.Module) -> str:
     if model.backend is not None:
         return model.backend
     return "native" if "native" in ops.available_backends("cpu") else "reference"
-
-
-def resize_to(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """``[3, h, w]`` image resized to ``size`` ``(H, W)`` (bilinear, as torchvision's
-    detection transform resizes); unchanged if it has that size."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    return nn.functional.interpolate(image[None], size=size, mode="bilinear",
-                                     align_corners=False)[0]
 
 
 def validation_batch(dataset, batch_size: int, size: tuple[int, int]) -> Tensor:
@@ -235,46 +261,6 @@ def run_in_fresh_process(program: Path, images: Tensor) -> tuple[Tensor, ...]:
         if result.returncode != 0:
             raise RuntimeError(f"loading {program} in a fresh process failed:\n{result.stderr}")
         return torch.load(outputs)
-
-
-class ExportedDetector(nn.Module):
-    """An exported ``StaticFCOS`` program behind ``FCOS``'s eval calling convention
-    (a list of images in, a list of detection dicts out), for ``evaluate``.
-
-    Images are resized to the program's ``size`` (boxes are scaled back) and stacked in
-    batches of the program's batch size; a short last batch is filled with blank images
-    whose detections are dropped.
-    """
-
-    def __init__(self, program: nn.Module, size: tuple[int, int]) -> None:
-        super().__init__()
-        # Not a submodule: an exported program's module cannot switch train/eval.
-        self.__dict__["program"] = program
-        self.size = tuple(size)
-        self.batch_size = next(node for node in program.graph.nodes
-                               if node.op == "placeholder" and node.name == "images"
-                               ).meta["val"].shape[0]
-
-    def train(self, mode: bool = True) -> ExportedDetector:
-        self.training = mode
-        return self
-
-    @torch.no_grad()
-    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        detections = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            batch = [resize_to(image, self.size) for image in chunk]
-            batch += [torch.zeros_like(batch[0])] * (self.batch_size - len(batch))
-            boxes, scores, labels, counts = self.program(torch.stack(batch))
-            for index, (image, count) in enumerate(zip(chunk, counts.tolist())):
-                scale = torch.tensor([image.shape[-1] / self.size[1],
-                                      image.shape[-2] / self.size[0]] * 2)
-                found = boxes[index, :count]
-                detections.append({"boxes": found if bool((scale == 1).all()) else found * scale,
-                                   "scores": scores[index, :count],
-                                   "labels": labels[index, :count]})
-        return detections
 
 
 if __name__ == "__main__":

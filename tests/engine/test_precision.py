@@ -1,5 +1,6 @@
 """solver.amp: what ``auto`` picks on each kind of hardware, forced values, bad values; the
-float32 islands under autocast (losses, P6/P7)."""
+float32 islands under autocast (losses, P6/P7); the inference rule (``--precision``, the
+backbone's memory format)."""
 
 import os
 
@@ -8,7 +9,9 @@ import torch
 
 from fcos_fast.config import ConfigError, load_config
 from fcos_fast.engine import precision as precision_module
-from fcos_fast.engine.precision import Precision, resolve_precision, use_channels_last
+from fcos_fast.engine.precision import (Precision, inference_channels_last, inference_precision,
+                                        resolve_precision, set_inference_memory_format,
+                                        use_channels_last)
 from fcos_fast.model import resnet_fpn_backbone
 
 
@@ -114,3 +117,60 @@ def test_losses_are_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model(images, targets)
     assert all(value.dtype == torch.float32 for value in losses.values())
+
+
+# Inference: the same rule for ``auto``, forced values the device cannot run refused, and
+# the backbone's memory format.
+
+@pytest.mark.parametrize("avx512_bf16, amx", [(True, False), (False, True), (False, False)])
+def test_inference_auto_is_trainings_auto(cpu_bf16, avx512_bf16, amx):
+    cpu_bf16(avx512_bf16, amx)
+    chosen = inference_precision("auto", "cpu")
+    assert chosen == resolve_precision("auto", "cpu")  # name and device
+    assert chosen.reason == resolve_precision("auto", "cpu").reason
+
+
+@pytest.mark.parametrize("major, expected", [(8, "bf16"), (7, "fp16")])
+def test_inference_auto_on_cuda(monkeypatch, major, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    assert inference_precision("auto", "cuda").name == expected
+
+
+def test_inference_refuses_what_the_device_does_not_run_natively(cpu_bf16, monkeypatch):
+    cpu_bf16(True, True)
+    assert inference_precision("bf16", "cpu").dtype == torch.bfloat16
+    assert inference_precision("fp32", "cpu").dtype is None
+    with pytest.raises(ConfigError, match="--precision fp16 is for GPUs"):
+        inference_precision("fp16", "cpu")
+    with pytest.raises(ConfigError, match="--precision must be one of auto, bf16, fp16, fp32, "
+                                          "got 'half'"):
+        inference_precision("half", "cpu")
+    cpu_bf16(False, False)
+    with pytest.raises(ConfigError, match="this CPU has no native bfloat16"):
+        inference_precision("bf16", "cpu")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    with pytest.raises(ConfigError, match=r"compute capability 7\.5\) has no bfloat16"):
+        inference_precision("bf16", "cuda")
+    assert inference_precision("fp16", "cuda").dtype == torch.float16
+
+
+def test_inference_channels_last_only_under_mixed_precision_on_the_cpu():
+    assert inference_channels_last(Precision("bf16", "cpu"))
+    assert not inference_channels_last(Precision("fp32", "cpu"))  # float32: as before
+    assert not inference_channels_last(Precision("bf16", "cuda"))
+    assert not inference_channels_last(Precision("fp16", "cuda"))
+    assert inference_channels_last(Precision("fp32", "cpu"), True)  # solver.channels_last
+    assert not inference_channels_last(Precision("bf16", "cpu"), False)
+
+
+def test_set_inference_memory_format_both_ways():
+    from fcos_fast.model import FCOS
+
+    model = FCOS(3, resnet_fpn_backbone("resnet18", out_channels=64), num_convs=1)
+    weight = model.backbone.body.conv1.weight
+    assert set_inference_memory_format(model, Precision("bf16", "cpu"))
+    assert model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not weight.is_contiguous()
+    assert model.head.cls_logits.weight.is_contiguous()  # the head stays contiguous
+    assert not set_inference_memory_format(model, Precision("fp32", "cpu"))
+    assert model.backbone.body.conv1.weight.is_contiguous()
