@@ -12,7 +12,7 @@ from PIL import Image
 from fcos_fast import evaluate, infer, train
 from fcos_fast.data import build_dataset
 from fcos_fast.engine.build import load_trained_model
-from fcos_fast.engine.cli import inference_setup
+from fcos_fast.engine.cli import checkpoint_config, inference_setup
 from fcos_fast.engine.evaluation import evaluate as evaluate_model
 from fcos_fast.engine.evaluation import inference
 from fcos_fast.engine.precision import Precision, inference_precision, resolve_precision
@@ -41,12 +41,43 @@ def test_evaluate_reproduces_the_training_metrics(run, tmp_path, capsys):
     assert metrics["split"] == "val"
 
 
-def test_evaluate_other_split_with_overrides(run, capsys):
+def _in_process(run, overrides: list[str]):
+    """The tiny run's model as the commands prepare it (``--set overrides``, auto's
+    precision), its config and precision."""
+    config = checkpoint_config(run / "checkpoint.pt", None, overrides)
+    model, config, _ = load_trained_model(run / "checkpoint.pt", config)
+    precision = inference_precision("auto", "cpu")
+    inference_setup(model, precision, config)
+    return model, config, precision
+
+
+# An override of the post-processing, for the commands to pass on.
+EVERY_CANDIDATE = "model.score_thresh=0.0"
+
+
+def test_evaluate_other_split_with_overrides(run, monkeypatch):
+    """--split and --set reach the evaluation: it scores the train split with the model the
+    overrides describe, and writes what scoring that model in-process gives."""
+    overrides = ["model.backend=reference", "model.topk_candidates=50", EVERY_CANDIDATE]
+    seen = []
+
+    def spy(model, dataset, **kwargs):
+        seen.append((model.backend, model.topk_candidates, model.score_thresh,
+                     list(dataset.image_ids)))
+        return evaluate_model(model, dataset, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate", spy)
     assert evaluate.main(["--checkpoint", str(run / "checkpoint.pt"), "--split", "train",
-                          "--set", "model.backend=reference", "model.topk_candidates=50",
-                          "--no-progress"]) == 0
+                          "--set", *overrides, "--no-progress"]) == 0
+    model, config, precision = _in_process(run, overrides)
+    train_split = build_dataset(config, "train")
+    assert list(train_split.image_ids) != list(build_dataset(config, "val").image_ids)
+    assert seen == [("reference", 50, 0.0, list(train_split.image_ids))]
     metrics = json.loads((run / "eval-train" / "metrics.json").read_text())
-    assert metrics["num_images"] == 16 and 0 <= metrics["mAP50"] <= 1
+    assert metrics["num_images"] == 16 and metrics["split"] == "train"
+    expected, _ = evaluate_model(model, train_split, precision=precision)
+    for key in ("mAP", "mAP50", "mAP75", "per_class_AP", "precision"):
+        assert metrics[key] == expected[key], key
 
 
 def test_infer_on_files_and_folders(run, tmp_path):
@@ -59,15 +90,25 @@ def test_infer_on_files_and_folders(run, tmp_path):
     # The per-image records (the default is the COCO results format, tested in
     # tests/test_own_data.py); their detections name the category id, not a 0-based label.
     assert infer.main([str(images), str(source[2]), "--checkpoint", str(run / "checkpoint.pt"),
-                       "--out", str(out), "--score-thresh", "0.0", "--format", "per-image"]) == 0
+                       "--out", str(out), "--score-thresh", "0.08", "--format", "per-image"]) == 0
     records = json.loads((out / "detections.json").read_text())
     assert [r["picture"] for r in records] == ["picture0.png", "picture1.png", "000002.png"]
-    for record in records:
+    # Each record holds the model's detections of that image scoring above --score-thresh
+    # (the tiny run's scores lie between 0.075 and 0.11, about half above 0.08).
+    model, _, precision = _in_process(run, [])
+    paths = [images / "picture0.jpg", images / "picture1.jpg", source[2]]
+    ids = json.loads((run / "metrics.json").read_text())["categories"]
+    for record, (_, _, found) in zip(records, infer.detect(model, paths, precision=precision)):
         assert Image.open(out / record["picture"]).size == (384, 384)  # enlarged 64 -> 384
         assert record["width"] == record["height"] == 64
-        for detection in record["detections"]:
-            assert set(detection) == {"box", "score", "category_id", "class_name"}
-            assert detection["score"] > 0.0
+        keep = found["scores"] > 0.08
+        assert 0 < int(keep.sum()) < len(keep)  # the threshold has work to do
+        assert [d["score"] for d in record["detections"]] == [
+            round(score, 5) for score in found["scores"][keep].tolist()]
+        assert [d["box"] for d in record["detections"]] == [
+            [round(v, 2) for v in box] for box in found["boxes"][keep].tolist()]
+        assert [(d["category_id"], d["class_name"]) for d in record["detections"]] == [
+            (ids[label]["id"], ids[label]["name"]) for label in found["labels"][keep].tolist()]
 
 
 def test_infer_on_a_split(run, tmp_path):

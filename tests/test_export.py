@@ -231,6 +231,42 @@ def test_export_round_trips_through_a_file_into_a_fresh_process(backend, tmp_pat
     assert compare(run_in_fresh_process(path, images), expected, exact=True) is None
 
 
+def test_compare_reports_every_kind_of_difference():
+    """The oracle of every export, ONNX and Inductor check (issue 19.3): each way two sets
+    of detections can differ is reported, and only what the mode allows passes."""
+    boxes = torch.tensor([[[1.0, 2.0, 30.0, 40.0], [5.0, 5.0, 9.0, 9.0]]])
+    expected = (boxes, torch.tensor([[0.9, 0.4]]), torch.tensor([[2, 0]]), torch.tensor([2]))
+    assert compare(expected, expected, exact=True) is None
+    one_ulp = boxes.clone()
+    one_ulp[0, 1, 2] = torch.nextafter(one_ulp[0, 1, 2], torch.tensor(100.0))
+    assert "different boxes" in compare((one_ulp, *expected[1:]), expected, exact=True)
+    assert compare((one_ulp, *expected[1:]), expected, exact=False) is None
+    scores = expected[1] + torch.tensor([[0.0, 1e-3]])
+    assert "scores differ" in compare((boxes, scores, *expected[2:]), expected, exact=False)
+    labels = torch.tensor([[2, 1]])
+    assert compare((boxes, expected[1], labels, expected[3]), expected,
+                   exact=False) == "different labels"
+    fewer = (*expected[:3], torch.tensor([1]))
+    assert "detections per image [1] instead of [2]" in compare(fewer, expected, exact=False)
+
+
+def test_a_perturbed_program_is_reported_as_different(tmp_path):
+    """The negative control of the fresh-process check: the same program with one bias of
+    the box regression moved by 0.01 gives detections that ``compare`` rejects."""
+    model, images = _model_and_images(3, "native", "per_class", num_images=2)
+    static = StaticFCOS(model)
+    exported = torch.export.export(static, (images,))
+    with torch.no_grad():
+        expected = static(images)
+    assert int(expected[3].sum()) > 4
+    name = next(key for key in exported.state_dict if key.endswith("box_regression.bias"))
+    with torch.no_grad():
+        exported.state_dict[name].add_(0.01)
+    torch.export.save(exported, tmp_path / "perturbed.pt2")
+    assert compare(run_in_fresh_process(tmp_path / "perturbed.pt2", images), expected,
+                   exact=False) is not None
+
+
 @pytest.mark.parametrize("candidates", CANDIDATES)
 def test_onnx_in_onnxruntime_matches(candidates, tmp_path):
     from fcos_fast.export.onnx import export_onnx, run_onnxruntime

@@ -41,7 +41,7 @@ def _assert_auto_scores_as_float32(run, folder) -> None:
                                                                          float32)
     # The model has learned (the bound means nothing on a model that finds nothing), and
     # training's own evaluation, at the training precision (auto), is what evaluate gives.
-    assert float32["mAP50"] >= 0.8
+    assert float32["mAP50"] >= 0.9  # the acceptance floor (tests/test_train.py)
     trained = json.loads((run / "metrics.json").read_text())
     assert (trained["precision"], trained["mAP"], trained["mAP50"]) == (
         auto["precision"], auto["mAP"], auto["mAP50"])

@@ -452,7 +452,9 @@ def test_two_processes_train_as_one_on_their_concatenated_batches(tmp_path):
 @pytest.mark.slow
 def test_default_run_meets_the_acceptance(default_run):
     """The issue's acceptance on quality: the default experiment, with no arguments, reaches
-    mAP@0.5 >= 0.8 on the synthetic held-out split.
+    mAP@0.5 >= 0.9 on the synthetic held-out split (measured on five floating-point paths:
+    0.953-0.960; 0.9 leaves 0.05 under the lowest, and SGD in place of the recipe's
+    optimizer, 0.890 at its best LR, fails it).
 
     The wall-clock budget (5 minutes on a 2-core CPU) is a speed goal, measured by
     ``make demo`` and reported, not asserted here (the project keeps timings out of unit
@@ -462,7 +464,7 @@ def test_default_run_meets_the_acceptance(default_run):
     (``tests/_trained.py``; the run is shared with the other tests of a learned model).
     """
     metrics = json.loads((default_run / "metrics.json").read_text())
-    assert metrics["mAP50"] >= 0.8, metrics
+    assert metrics["mAP50"] >= 0.9, metrics
 
 
 @pytest.mark.cuda
