@@ -16,15 +16,21 @@ from pathlib import Path
 from benchmarks.harness import RESULTS_DIR, write_atomically
 
 BASELINES = {"torchvision", "topk_loop"}
-BACKEND_ORDER = ["torchvision", "topk_loop", "reference", "native", "triton"]
+BACKEND_ORDER = ["torchvision", "topk_loop", "composition", "reference", "native", "triton"]
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_BEGIN = "<!-- benchmarks:begin -->"
 README_END = "<!-- benchmarks:end -->"
 
 
 def latest_run(rows: list[dict]) -> list[dict]:
-    last = max(row["run"] for row in rows)
-    return [row for row in rows if row["run"] == last]
+    """Per case (op, mode, size), the rows of the latest run that measured it: a run of
+    some suites (``benchmarks.run -k``) replaces their cases and keeps the others, and
+    every ratio stays within one run."""
+    last: dict[tuple, str] = {}
+    for row in rows:
+        key = (row["op"], row["mode"], row["size"])
+        last[key] = max(last.get(key, row["run"]), row["run"])
+    return [row for row in rows if row["run"] == last[(row["op"], row["mode"], row["size"])]]
 
 
 def _groups(rows):
@@ -51,21 +57,24 @@ def speedups(rows: list[dict]) -> list[dict]:
                 "op": op, "mode": mode, "size": size, "backend": backend,
                 "median": time_row["median"], "q20": time_row["q20"], "q80": time_row["q80"],
                 "speedup": base_ms / time_row["median"] if base_ms else None,
-                "baseline": baseline,
+                "baseline": baseline, "run": time_row["run"],
                 "memory_mb": memory["median"] if memory else None,
             })
     return records
 
 
 def markdown(rows: list[dict]) -> str:
-    run = rows[0]
+    runs = {row["run"]: row["version"] for row in rows}
+    several = len(runs) > 1
+    described = ", ".join(f"{run} ({version})" for run, version in sorted(runs.items()))
     lines = [
-        f"**{run['device']}** — run {run['run']} ({run['version']}). Median of repeated "
-        "calls (20th–80th percentile); speed-up = baseline median / this median, same run; "
-        "peak extra memory during the call.",
+        f"**{rows[0]['device']}** — {'runs' if several else 'run'} {described}. Median of "
+        "repeated calls (20th–80th percentile); speed-up = baseline median / this median, "
+        "same run; peak extra memory during the call.",
         "",
-        "| op | mode | size | backend | median ms (q20–q80) | speed-up | peak extra MB |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| op | mode | size | backend | median ms (q20–q80) | speed-up | peak extra MB |"
+        + (" run |" if several else ""),
+        "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if several else ""),
     ]
     for r in speedups(rows):
         speedup = "baseline" if r["backend"] in BASELINES else (
@@ -73,7 +82,8 @@ def markdown(rows: list[dict]) -> str:
         memory = f"{r['memory_mb']:.1f}" if r["memory_mb"] is not None else "–"
         lines.append(
             f"| {r['op']} | {r['mode']} | {r['size']} | {r['backend']} | "
-            f"{r['median']:.3g} ({r['q20']:.3g}–{r['q80']:.3g}) | {speedup} | {memory} |")
+            f"{r['median']:.3g} ({r['q20']:.3g}–{r['q80']:.3g}) | {speedup} | {memory} |"
+            + (f" {r['run']} |" if several else ""))
     return "\n".join(lines) + "\n"
 
 

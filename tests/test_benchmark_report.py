@@ -26,6 +26,38 @@ def test_readme_block_takes_device_tables_only(tmp_path):
     assert text.startswith("intro\n") and text.endswith("\nend\n")
 
 
+def _bench_rows(run, op, backends):
+    """A run's time rows of one case: ``backends`` {name: median ms}."""
+    return [{"op": op, "mode": "forward", "size": "N=1", "backend": backend, "metric": "time",
+             "median": median, "q20": median, "q80": median, "run": run, "version": f"v{run}",
+             "device": "cpu-x-2t"} for backend, median in backends.items()]
+
+
+def test_a_partial_run_replaces_its_cases_and_keeps_the_others():
+    """``benchmarks.run -k focal`` after a full run: the table keeps every case, each from
+    the latest run that measured it, its ratios within that run, the run named per row."""
+    rows = (_bench_rows("1", "nms", {"torchvision": 4.0, "native": 1.0})
+            + _bench_rows("1", "focal", {"torchvision": 9.0, "composition": 6.0,
+                                         "native": 3.0})
+            + _bench_rows("2", "focal", {"torchvision": 8.0, "composition": 4.0,
+                                         "native": 1.0}))
+    latest = report.latest_run(rows)
+    assert sorted((r["op"], r["run"]) for r in latest) == [
+        ("focal", "2"), ("focal", "2"), ("focal", "2"), ("nms", "1"), ("nms", "1")]
+    table = report.markdown(latest)
+    assert "runs 1 (v1), 2 (v2)" in table
+    lines = [line for line in table.splitlines() if line.startswith("| nms") or
+             line.startswith("| focal")]
+    assert lines == [
+        "| nms | forward | N=1 | torchvision | 4 (4–4) | baseline | – | 1 |",
+        "| nms | forward | N=1 | native | 1 (1–1) | **4.0×** | – | 1 |",
+        "| focal | forward | N=1 | torchvision | 8 (8–8) | baseline | – | 2 |",
+        "| focal | forward | N=1 | composition | 4 (4–4) | **2.0×** | – | 2 |",
+        "| focal | forward | N=1 | native | 1 (1–1) | **8.0×** | – | 2 |"]
+    one_run = report.markdown(report.latest_run(rows[:2]))
+    assert "run 1 (v1)." in one_run and "| run |" not in one_run
+
+
 def _row(size, backend, precision, median, channels_last=False, **extra):
     return {"op": "fcos_inference", "backend": backend, "precision": precision,
             "channels_last": channels_last, "size": size, "median": median, "q20": median,
