@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from fcos_fast.engine.checkpoint import load_checkpoint
+from fcos_fast.engine.precision import inference_precision
 from tests.engine.tiny import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,11 +52,14 @@ def test_demo_writes_what_it_promises(tmp_path):
             f"mAP@0.5 {summary['mAP50']:.3f}, mAP {summary['mAP']:.3f} after 6 iterations"
             in result.stdout)
 
-    # The exported model, checked in a fresh process by the export command.
+    # The exported model, at auto's precision, checked in a fresh process by the export
+    # command.
     assert (out / "model.pt2").stat().st_size > 0
+    precision = inference_precision("auto", "cpu").name
     assert re.search(rf"exported {re.escape(str(out / 'model.pt2'))} \(8x3x64x64, backend "
-                     r"\w+\): loaded in a fresh process, the same detections as the eager "
-                     r"model on 8 val images", result.stdout), result.stdout[-3000:]
+                     rf"\w+, precision {precision}\b.*\): loaded in a fresh process, the "
+                     r"same detections as the eager model on 8 val images", result.stdout), (
+        result.stdout[-3000:])
 
     # Detections drawn on the (4) validation images, a grid of them, their COCO results.
     pictures = out / "pictures"
