@@ -119,9 +119,10 @@ def _pycocotools_metrics(gt_file, image_ids, detections):
 
 def test_evaluate_equals_pycocotools_on_torchvisions_detections(coco_set, tmp_path, capsys):
     root, checkpoint, detections, gt_file = coco_set
+    # In float32, as torchvision's detections were made (auto would be bfloat16 here).
     assert evaluate.main(["--torchvision-checkpoint", str(checkpoint), "--config",
                           "coco_r50_1x.yaml", "--out", str(tmp_path), "--no-progress",
-                          *_overrides(root)]) == 0
+                          "--precision", "fp32", *_overrides(root)]) == 0
     ours = json.loads((tmp_path / "metrics.json").read_text())
     capsys.readouterr()
     image_ids = [10 + i for i in range(NUM_IMAGES)]
@@ -155,14 +156,14 @@ def test_relabel_keeps_exactly_the_dataset_categories(coco_set):
 
 def test_infer_names_coco_categories(coco_set, tmp_path):
     root, checkpoint, detections, _ = coco_set
-    expected = detections[0]["labels"][detections[0]["scores"] > 0.3].tolist()
+    expected = detections[0]["labels"][detections[0]["scores"] > 0.3].tolist()  # float32
     # detections.json in the COCO results format (the default) and as per-image records:
     # torchvision's labels are COCO category ids, named as torchvision names them.
     for form in ("coco", "per-image"):
         out = tmp_path / form
         assert infer.main([str(root / "val" / "000.png"), "--torchvision-checkpoint",
                            str(checkpoint), "--out", str(out), "--score-thresh", "0.3",
-                           "--format", form, *_overrides(root)]) == 0
+                           "--format", form, "--precision", "fp32", *_overrides(root)]) == 0
         found = json.loads((out / "detections.json").read_text())
         if form == "per-image":
             (record,) = found
